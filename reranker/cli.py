@@ -1,0 +1,180 @@
+"""The `reranker` command line. Each command parses options and calls the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from reranker._version import __version__
+from reranker.errors import RerankerError
+
+INDEX_ENV = "RERANKER_INDEX"
+DEFAULT_INDEX = "reranker-index"
+TITLE_WIDTH = 72
+
+
+class _Group(click.Group):
+    """Turns kd-reranker errors into a one-line message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RerankerError as exc:
+            raise click.ClickException(str(exc)) from None
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+index_dir_option = click.option(
+    "--index-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: os.environ.get(INDEX_ENV, DEFAULT_INDEX),
+    show_default=f"${INDEX_ENV} or ./{DEFAULT_INDEX}",
+    help="Directory of the embedded index.",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kd-reranker")
+def main() -> None:
+    """kd-reranker: BM25 retrieval + distilled cross-encoder reranking for product search."""
+
+
+@main.command("index")
+@click.argument("catalog", type=click.Path(path_type=Path))
+@index_dir_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "tsv", "jsonl", "parquet"]),
+    help="Catalog format (default: from the file extension).",
+)
+@click.option("--id-field", help="Column with the product id (default: product_id, id, sku, ...).")
+@click.option("--title-field", help="Column with the title (default: title, name, ...).")
+@click.option(
+    "--fields",
+    help="Comma-separated attribute columns, in order (default: every column except id and title).",
+)
+@click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Leave out rows without id/title, duplicate ids and undecodable rows "
+    "(listed, and stored in the index's skipped.json) instead of failing.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing index (atomically).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def index_cmd(
+    catalog, index_dir, fmt, id_field, title_field, fields, skip_invalid, overwrite, quiet
+):
+    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
+    from reranker.catalog import FieldMapping, describe_skipped
+    from reranker.index.build import index_catalog
+
+    attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
+    report = index_catalog(
+        catalog,
+        index_dir,
+        FieldMapping(id_field, title_field, attrs),
+        fmt=fmt,
+        skip_invalid=skip_invalid,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    if report.skipped:
+        click.echo(
+            f"skipped {len(report.skipped)} invalid row(s): "
+            f"{describe_skipped(report.skipped, limit=20)} (full list: {report.skipped_file})",
+            err=True,
+        )
+    click.echo(
+        f"indexed {report.indexed} products, skipped {len(report.skipped)}, "
+        f"into {report.index_dir} in {report.seconds:.1f} s"
+    )
+
+
+@main.command("search")
+@click.argument("query")
+@index_dir_option
+@click.option(
+    "-k",
+    "k",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Candidates taken from BM25 and reranked.",
+)
+@click.option(
+    "-n", "n", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Results shown."
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="Model directory written by `reranker export` (default: the installed student).",
+)
+@click.option("--variant", help="Model variant to load, e.g. int8 or fp32 (default: the model's).")
+@click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json):
+    """Search the index for QUERY and rerank the top K with the cross-encoder."""
+    from reranker.crossencoder import CrossEncoder
+    from reranker.errors import QueryError
+    from reranker.index import BM25Index
+    from reranker.pipeline import SearchPipeline, load_default_model
+
+    if not query.strip():
+        raise QueryError("query is empty")
+    t0 = time.perf_counter()
+    index = BM25Index.load(index_dir)
+    model = None
+    if not no_rerank:
+        model = (
+            CrossEncoder(model_dir, variant=variant)
+            if model_dir
+            else load_default_model(variant=variant)
+        )
+    load_ms = (time.perf_counter() - t0) * 1e3
+    response = SearchPipeline(index, model).search(query, k=k, n=n)
+    if as_json:
+        click.echo(json.dumps(response.to_dict() | {"load_ms": round(load_ms, 1)}, indent=2))
+        return
+    _print_table(response, load_ms)
+
+
+def _print_table(response, load_ms: float) -> None:
+    if response.reranked:
+        click.echo(
+            f"{response.query!r}: {response.candidates} BM25 candidates "
+            f"reranked by {response.model}"
+        )
+        click.echo(f"{'#':>3} {'bm25#':>5} {'score':>7} {'prob':>6} {'bm25':>7}  title")
+    else:
+        click.echo(
+            f"{response.query!r}: BM25 order, not reranked ({response.candidates} candidates)"
+        )
+        click.echo(f"{'#':>3} {'bm25#':>5} {'bm25':>7}  title")
+    for r in response.results:
+        title = r.title if len(r.title) <= TITLE_WIDTH else r.title[: TITLE_WIDTH - 1] + "…"
+        if response.reranked:
+            click.echo(
+                f"{r.rank:>3} {r.retrieval_rank:>5} {r.rerank_score:>7.3f} "
+                f"{r.rerank_probability:>6.3f} {r.retrieval_score:>7.2f}  {title}"
+            )
+        else:
+            click.echo(f"{r.rank:>3} {r.retrieval_rank:>5} {r.retrieval_score:>7.2f}  {title}")
+    if not response.results:
+        click.echo("  (no product matches any query term)")
+    t = response.timings
+    click.echo(
+        f"retrieval {t.retrieve_ms:.1f} ms · rerank {t.rerank_ms:.1f} ms · "
+        f"total {t.total_ms:.1f} ms (loading index/model {load_ms:.0f} ms)"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

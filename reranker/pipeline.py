@@ -1,0 +1,159 @@
+"""retrieve top-k → rerank → top-n, with typed, frozen results."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from reranker.crossencoder import CrossEncoder
+from reranker.errors import ModelNotInstalledError, QueryError
+from reranker.index.base import Candidate, Retriever
+
+#: Where the shipped default student lives inside the package (if one is installed).
+PACKAGED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+MODEL_ENV = "RERANKER_MODEL"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One product in the final list."""
+
+    product_id: str
+    title: str
+    fields: Mapping[str, str]
+    rank: int  # final rank, 1-based
+    retrieval_rank: int
+    retrieval_score: float
+    rerank_score: float | None = None  # the model's raw logit
+    rerank_probability: float | None = None  # activation(raw), the model's P(relevant)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"fields": dict(self.fields)}
+
+
+@dataclass(frozen=True)
+class Timings:
+    retrieve_ms: float
+    rerank_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class SearchResponse:
+    query: str
+    results: tuple[SearchResult, ...]
+    reranked: bool
+    candidates: int  # how many the first stage returned (and the model scored, if reranked)
+    timings: Timings
+    model: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "query": self.query,
+            "reranked": self.reranked,
+            "model": self.model,
+            "candidates": self.candidates,
+            "timings": asdict(self.timings),
+            "results": [r.to_dict() for r in self.results],
+        }
+
+
+def default_model_dir() -> Path | None:
+    """The model ``reranker search`` uses without ``--model``: ``$RERANKER_MODEL``, else the
+    student shipped inside the package, else ``None``."""
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    return PACKAGED_MODEL_DIR if (PACKAGED_MODEL_DIR / "reranker.json").is_file() else None
+
+
+def load_default_model(**kwargs) -> CrossEncoder:
+    path = default_model_dir()
+    if path is None:
+        raise ModelNotInstalledError(
+            "no reranker model is installed: pass --model DIR (a directory written by "
+            f"`reranker export`), set ${MODEL_ENV}, or use --no-rerank for BM25 order"
+        )
+    return CrossEncoder(path, **kwargs)
+
+
+class SearchPipeline:
+    """First stage, then the cross-encoder on the top ``k``, returning the best ``n``.
+
+    >>> from reranker import BM25Index, CrossEncoder, SearchPipeline
+    >>> index = BM25Index.load("demo/index")  # doctest: +SKIP
+    >>> pipeline = SearchPipeline(index, CrossEncoder("model"))  # doctest: +SKIP
+    >>> response = pipeline.search("cordless drill", k=100, n=10)  # doctest: +SKIP
+    >>> response.results[0].title  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        reranker: CrossEncoder | None = None,
+        *,
+        k: int = 100,
+        n: int = 10,
+    ) -> None:
+        self.retriever = retriever
+        self.reranker = reranker
+        self.k = k
+        self.n = n
+
+    def search(
+        self, query: str, *, k: int | None = None, n: int | None = None, rerank: bool = True
+    ) -> SearchResponse:
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError("query is empty")
+        k = self.k if k is None else k
+        n = self.n if n is None else n
+        if k < 1 or n < 1:
+            raise QueryError(f"k and n must be at least 1 (got k={k}, n={n})")
+        t0 = time.perf_counter()
+        candidates = self.retriever.retrieve(query, k)
+        t1 = time.perf_counter()
+        use_model = rerank and self.reranker is not None and bool(candidates)
+        if use_model:
+            results = self._rerank(query, candidates)
+        else:
+            results = [_result(c, c.rank) for c in candidates]
+        t2 = time.perf_counter()
+        return SearchResponse(
+            query=query,
+            results=tuple(results[:n]),
+            reranked=use_model,
+            candidates=len(candidates),
+            timings=Timings(
+                retrieve_ms=(t1 - t0) * 1e3, rerank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3
+            ),
+            model=self.reranker.name if use_model else None,
+        )
+
+    def _rerank(self, query: str, candidates: list[Candidate]) -> list[SearchResult]:
+        assert self.reranker is not None
+        scores = self.reranker.score_products(query, [c.product for c in candidates])
+        order = sorted(
+            range(len(candidates)), key=lambda i: (-scores.raw[i], candidates[i].product.id)
+        )
+        return [
+            _result(candidates[i], rank, float(scores.raw[i]), float(scores.probability[i]))
+            for rank, i in enumerate(order, start=1)
+        ]
+
+
+def _result(
+    c: Candidate, rank: int, raw: float | None = None, prob: float | None = None
+) -> SearchResult:
+    return SearchResult(
+        product_id=c.product.id,
+        title=c.product.title,
+        fields=c.product.fields,
+        rank=rank,
+        retrieval_rank=c.rank,
+        retrieval_score=c.score,
+        rerank_score=raw,
+        rerank_probability=prob,
+    )

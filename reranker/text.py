@@ -1,0 +1,63 @@
+"""The one place where catalog fields become text.
+
+Indexing, training and serving all call these functions, so a model never sees product text
+shaped differently from what it learned on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+#: Separator between the title and each labelled attribute in model text.
+FIELD_SEPARATOR = " | "
+
+#: Default BM25 tokenisation: lowercase, maximal runs of ASCII letters and digits.
+DEFAULT_TOKEN_PATTERN = r"[a-z0-9]+"
+
+
+def product_text(
+    title: str,
+    fields: Mapping[str, str | None],
+    field_names: Sequence[str] | None = None,
+) -> str:
+    """Text a cross-encoder reads for a product: the title first, then labelled attributes.
+
+    ``field_names`` selects and orders the attributes (default: all of ``fields`` in their
+    order); missing or blank values are left out.
+
+    >>> product_text("Cordless Drill", {"brand": "DEWALT", "color": None}, ["brand", "color"])
+    'Cordless Drill | brand: DEWALT'
+    """
+    names = list(fields) if field_names is None else field_names
+    parts = [title.strip()]
+    for name in names:
+        value = fields.get(name)
+        if value is not None and str(value).strip():
+            parts.append(f"{name}: {str(value).strip()}")
+    return FIELD_SEPARATOR.join(parts)
+
+
+def searchable_text(title: str, fields: Mapping[str, str | None]) -> str:
+    """Text the first stage indexes: the title and the attribute values, without labels."""
+    values = [title] + [str(v) for v in fields.values() if v is not None and str(v).strip()]
+    return " ".join(values)
+
+
+class BM25Tokenizer:
+    """Lowercasing regex tokenizer for BM25; its settings are stored in the index manifest."""
+
+    def __init__(self, pattern: str = DEFAULT_TOKEN_PATTERN, lowercase: bool = True) -> None:
+        self.pattern = pattern
+        self.lowercase = lowercase
+        self._regex = re.compile(pattern)
+
+    def __call__(self, text: str) -> list[str]:
+        return self._regex.findall(text.lower() if self.lowercase else text)
+
+    def settings(self) -> dict[str, object]:
+        return {"pattern": self.pattern, "lowercase": self.lowercase}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, object]) -> BM25Tokenizer:
+        return cls(pattern=str(settings["pattern"]), lowercase=bool(settings["lowercase"]))

@@ -1,0 +1,95 @@
+"""Shared fixtures. Nothing here touches the network: tiny models are built locally."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def catalog_csv() -> Path:
+    return DATA / "catalog.csv"
+
+
+@pytest.fixture(scope="session")
+def built_index(tmp_path_factory, catalog_csv) -> Path:
+    from reranker.index.build import index_catalog
+
+    out = tmp_path_factory.mktemp("index") / "idx"
+    index_catalog(catalog_csv, out)
+    return out
+
+
+@pytest.fixture
+def index_dir(built_index, tmp_path) -> Path:
+    """A private copy of the tiny index for tests that may modify it."""
+    dst = tmp_path / "idx"
+    shutil.copytree(built_index, dst)
+    return dst
+
+
+def build_tiny_hf_model(out: Path, texts: list[str], seed: int = 0) -> Path:
+    """A random 2-layer BERT cross-encoder with a WordPiece vocabulary learnt from ``texts``."""
+    import torch
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(texts, vocab_size=400, min_frequency=1, show_progress=False)
+    wp.save_model(str(out))
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+        initializer_range=0.3,
+    )
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory, catalog_csv) -> Path:
+    from reranker.catalog import read_catalog
+
+    catalog = read_catalog(catalog_csv)
+    texts = [p.text() for p in catalog.products] + ["cordless drill garden hose light bulb"]
+    return build_tiny_hf_model(tmp_path_factory.mktemp("hf") / "tiny", texts)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, tiny_hf_model) -> Path:
+    """The tiny model exported to the runtime's format (fp32 + int8)."""
+    from reranker.training.export import export_model
+
+    out = tmp_path_factory.mktemp("model") / "tiny-onnx"
+    return export_model(
+        tiny_hf_model,
+        out,
+        max_length=32,
+        fields=("brand", "color"),
+        metadata={"name": "tiny-test-model"},
+    )
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(tiny_model, dst)
+    return dst

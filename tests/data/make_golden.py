@@ -1,0 +1,38 @@
+"""Regenerate golden_bm25.json with rank-bm25 alone (independent of reranker.index)."""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+from rank_bm25 import BM25Okapi
+
+HERE = Path(__file__).parent
+QUERIES = [
+    "cordless drill",
+    "garden hose nozzle",
+    "led light bulb",
+    "toilet seat white",
+    "twin garden hose",
+    "green green",
+    "zebra",
+]
+
+
+def tokens(s: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", s.lower())
+
+
+rows = list(csv.DictReader(open(HERE / "catalog.csv")))
+corpus = [
+    tokens(" ".join(v for v in (r["title"], r["brand"], r["color"], r["material"]) if v))
+    for r in rows
+]
+bm25 = BM25Okapi(corpus)
+golden = {}
+for q in QUERIES:
+    scores = bm25.get_scores(tokens(q))
+    hits = [i for i, d in enumerate(corpus) if set(tokens(q)) & set(d)]
+    hits.sort(key=lambda i: (-scores[i], rows[i]["product_id"]))
+    golden[q] = [[rows[i]["product_id"], float(scores[i])] for i in hits[:10]]
+(HERE / "golden_bm25.json").write_text(json.dumps(golden, indent=1))

@@ -1,0 +1,178 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from reranker import __version__
+from reranker.cli import main
+
+
+@pytest.fixture
+def run():
+    def invoke(*args, env=None):
+        return CliRunner().invoke(main, [str(a) for a in args], env=env or {"RERANKER_MODEL": ""})
+
+    return invoke
+
+
+def test_version_and_help_on_every_command(run):
+    assert __version__ in run("--version").output
+    for cmd in ([], ["index"], ["search"]):
+        result = run(*cmd, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_index_then_search_bm25(run, tmp_path, catalog_csv):
+    idx = tmp_path / "idx"
+    result = run("index", catalog_csv, "--index-dir", idx, "-q")
+    assert result.exit_code == 0, result.output
+    assert "indexed 30 products, skipped 0" in result.output
+    result = run("search", "cordless drill", "--index-dir", idx, "--no-rerank", "-n", "3")
+    assert result.exit_code == 0, result.output
+    assert "BM25 order, not reranked" in result.output
+    assert "retrieval" in result.output and "ms" in result.output
+    assert len([ln for ln in result.output.splitlines() if ln[:3].strip().isdigit()]) == 3
+
+
+def test_search_with_model_table_and_json(run, built_index, tiny_model):
+    result = run("search", "cordless drill", "--index-dir", built_index, "--model", tiny_model)
+    assert result.exit_code == 0, result.output
+    assert "reranked by tiny-test-model" in result.output
+    assert "bm25#" in result.output
+    result = run(
+        "search",
+        "garden hose",
+        "--index-dir",
+        built_index,
+        "--model",
+        tiny_model,
+        "--json",
+        "-n",
+        "4",
+    )
+    data = json.loads(result.output)
+    assert data["reranked"] is True and len(data["results"]) == 4
+    first = data["results"][0]
+    assert {
+        "product_id",
+        "title",
+        "rank",
+        "retrieval_rank",
+        "retrieval_score",
+        "rerank_score",
+        "rerank_probability",
+        "fields",
+    } <= set(first)
+    assert set(data["timings"]) == {"retrieve_ms", "rerank_ms", "total_ms"}
+
+
+def test_default_model_from_environment(run, built_index, tiny_model):
+    result = run(
+        "search", "drill", "--index-dir", built_index, env={"RERANKER_MODEL": str(tiny_model)}
+    )
+    assert result.exit_code == 0 and "reranked by tiny-test-model" in result.output
+
+
+def one_line_error(result, *fragments):
+    assert result.exit_code != 0
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_search_without_model_says_so(run, built_index):
+    one_line_error(
+        run("search", "drill", "--index-dir", built_index),
+        "no reranker model is installed",
+        "--no-rerank",
+        "--model",
+    )
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_empty_query(run, built_index, query):
+    one_line_error(
+        run("search", query, "--index-dir", built_index, "--no-rerank"), "query is empty"
+    )
+
+
+def test_very_long_query_is_truncated_not_a_crash(run, built_index, tiny_model):
+    result = run(
+        "search",
+        "cordless drill " * 20_000,
+        "--index-dir",
+        built_index,
+        "--model",
+        tiny_model,
+        "-n",
+        "2",
+    )
+    assert result.exit_code == 0, result.output[-500:]
+
+
+def test_search_missing_index_and_bad_model(run, tmp_path, built_index):
+    one_line_error(
+        run("search", "drill", "--index-dir", tmp_path / "none", "--no-rerank"), "no index at"
+    )
+    one_line_error(
+        run("search", "drill", "--index-dir", built_index, "--model", tmp_path),
+        "reranker.json is missing",
+    )
+
+
+BAD_ROWS = "product_id,title\nA1,Hammer\n,No id\nA3,\nA1,Dup\nA5,Saw\n"
+
+
+@pytest.mark.parametrize(
+    "name,content,args,fragments",
+    [
+        (
+            "bad.csv",
+            BAD_ROWS,
+            [],
+            [
+                "3 invalid row(s)",
+                "row 2: missing id",
+                "row 3: missing title",
+                "row 4: duplicate id 'A1'",
+                "--skip-invalid",
+            ],
+        ),
+        ("bytes.csv", b"product_id,title\nA1,Bad \xff bytes\n", [], ["undecodable bytes"]),
+        ("empty.csv", "", [], ["catalog is empty"]),
+        ("ok.csv", "product_id,title\nA1,Hammer\n", ["--fields", "brand"], ["'brand'", "--fields"]),
+        ("ok.csv", "product_id,title\nA1,Hammer\n", ["--id-field", "sku"], ["'sku'", "--id-field"]),
+    ],
+)
+def test_index_bad_input_is_one_line_and_nonzero(run, tmp_path, name, content, args, fragments):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    result = run("index", path, "--index-dir", tmp_path / "idx", "-q", *args)
+    one_line_error(result, *fragments)
+    assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+def test_index_skip_invalid_reports_counts_and_rows(run, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(BAD_ROWS)
+    result = run("index", path, "--index-dir", tmp_path / "idx", "-q", "--skip-invalid")
+    assert result.exit_code == 0, result.output
+    assert "indexed 2 products, skipped 3" in result.output
+    assert "row 2: missing id" in result.output and "row 4: duplicate id 'A1'" in result.output
+    skipped = json.loads(next((tmp_path / "idx").glob("gen-*/skipped.json")).read_text())
+    assert [s["row"] for s in skipped] == [2, 3, 4]
+
+
+def test_reindex_needs_overwrite(run, tmp_path, catalog_csv):
+    idx = tmp_path / "idx"
+    assert run("index", catalog_csv, "--index-dir", idx, "-q").exit_code == 0
+    one_line_error(run("index", catalog_csv, "--index-dir", idx, "-q"), "--overwrite")
+    assert run("index", catalog_csv, "--index-dir", idx, "-q", "--overwrite").exit_code == 0
+
+
+def test_index_dir_from_environment(run, tmp_path, catalog_csv):
+    env = {"RERANKER_INDEX": str(tmp_path / "envidx"), "RERANKER_MODEL": ""}
+    assert run("index", catalog_csv, "-q", env=env).exit_code == 0
+    assert run("search", "hose", "--no-rerank", env=env).exit_code == 0

@@ -1,0 +1,75 @@
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from reranker import BM25Index, CrossEncoder, QueryError, SearchPipeline
+
+
+def test_end_to_end_index_search_rerank(built_index, tiny_model):
+    model = CrossEncoder(tiny_model)
+    response = SearchPipeline(BM25Index.load(built_index), model, k=20, n=5).search(
+        "cordless drill"
+    )
+    assert response.reranked and response.model == "tiny-test-model"
+    assert response.candidates == len(BM25Index.load(built_index).retrieve("cordless drill", 20))
+    assert [r.rank for r in response.results] == [1, 2, 3, 4, 5]
+    raw = [r.rerank_score for r in response.results]
+    assert raw == sorted(raw, reverse=True)
+    # The scores are the model's own on the candidates' text.
+    bm25 = BM25Index.load(built_index).retrieve("cordless drill", 20)
+    direct = model.score_products("cordless drill", [c.product for c in bm25])
+    best = max(range(len(bm25)), key=lambda i: (direct.raw[i], -int(bm25[i].product.id[1:])))
+    assert response.results[0].product_id == bm25[best].product.id
+    assert response.results[0].retrieval_rank == bm25[best].rank
+    t = response.timings
+    assert t.total_ms >= t.retrieve_ms and t.rerank_ms >= 0
+
+
+def test_results_are_frozen_and_serialisable(built_index):
+    response = SearchPipeline(BM25Index.load(built_index)).search("hose")
+    r = response.results[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.rank = 3
+    with pytest.raises(TypeError):
+        r.fields["brand"] = "x"
+    assert response.to_dict()["results"][0]["product_id"] == r.product_id
+    assert not response.reranked and r.rerank_score is None
+
+
+def test_rerank_ties_break_by_product_id(built_index, tiny_model):
+    # p026 and p027 have identical text, so identical model scores: p026 must come first.
+    response = SearchPipeline(BM25Index.load(built_index), CrossEncoder(tiny_model)).search(
+        "twin garden hose nozzle", n=30
+    )
+    ids = [r.product_id for r in response.results]
+    assert ids.index("p026") + 1 == ids.index("p027")
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t"])
+def test_empty_query_is_an_error(built_index, query):
+    with pytest.raises(QueryError, match="query is empty"):
+        SearchPipeline(BM25Index.load(built_index)).search(query)
+
+
+def test_no_match_gives_empty_results(built_index, tiny_model):
+    response = SearchPipeline(BM25Index.load(built_index), CrossEncoder(tiny_model)).search("zebra")
+    assert response.results == () and not response.reranked
+
+
+def test_search_path_never_imports_torch(built_index, tiny_model):
+    code = textwrap.dedent(f"""
+        import sys
+        from reranker.cli import main
+        from click.testing import CliRunner
+        r = CliRunner().invoke(main, ["search", "cordless drill",
+                                       "--index-dir", {str(built_index)!r},
+                                       "--model", {str(tiny_model)!r}])
+        assert r.exit_code == 0, r.output
+        bad = [m for m in ("torch", "transformers", "sentence_transformers", "reranker.training")
+               if m in sys.modules]
+        assert not bad, bad
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)

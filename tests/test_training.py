@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from reranker.training.data import load_judged_pairs, soft_targets
+
+
+def test_soft_targets_map_relevance_into_unit_interval():
+    np.testing.assert_allclose(soft_targets(np.array([1.0, 2.0, 3.0, 2.33])), [0, 0.5, 1, 0.665])
+    with pytest.raises(ValueError, match=r"relevance must lie in \[1.0, 3.0\]; found .* 3.5"):
+        soft_targets(np.array([1.0, 3.5]))
+
+
+def judged_file(tmp_path):
+    rows = [
+        ("cordless drill", "p001", 3.0),
+        ("cordless drill", "p007", 1.0),
+        ("cordless drill", "p029", 2.33),
+        ("garden hose", "p007", 3.0),
+        ("garden hose", "p008", 2.67),
+        ("garden hose", "p013", 1.0),
+        ("toilet seat", "p013", 3.0),
+        ("toilet seat", "p014", 2.67),
+    ]
+    path = tmp_path / "train.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "query": [r[0] for r in rows],
+                "product_id": [r[1] for r in rows],
+                "relevance": [r[2] for r in rows],
+            }
+        ),
+        path,
+    )
+    return path
+
+
+def test_judged_pairs_use_the_shared_product_text(tmp_path, catalog_csv):
+    pairs = load_judged_pairs(str(judged_file(tmp_path)), str(catalog_csv), ["brand"])
+    title = "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit"
+    assert pairs.text[0] == f"{title} | brand: DEWALT"
+    assert pairs.relevance.tolist()[:2] == [3.0, 1.0]
+
+
+def test_teacher_trains_and_exports(tmp_path, catalog_csv, tiny_hf_model):
+    from reranker import CrossEncoder
+    from reranker.training.export import export_model
+    from reranker.training.teacher import TeacherArgs, train_teacher
+
+    out = train_teacher(
+        TeacherArgs(
+            model=str(tiny_hf_model),
+            train=str(judged_file(tmp_path)),
+            catalog=str(catalog_csv),
+            output=str(tmp_path / "teacher"),
+            batch_size=4,
+            lr=1e-3,
+            epochs=3,
+            max_length=32,
+        )
+    )
+    meta = json.loads((out / "teacher_args.json").read_text())
+    assert meta["steps"] == 6
+    model = CrossEncoder(export_model(out, tmp_path / "onnx", max_length=32, int8=False))
+    assert model.score("drill", ["Cordless Drill"]).raw.shape == (1,)

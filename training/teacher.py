@@ -1,0 +1,152 @@
+"""Soft-target teacher: fine-tune a Hugging Face model as a relevance classifier.
+
+Judged relevance is mapped into [0, 1] (``(relevance - low) / (high - low)``) and the single
+logit is trained with binary cross-entropy. Encoders (BERT, MPNet, ...) and decoder LLMs (through
+their sequence-classification head, last-token pooling, pad token set) both work.
+Training is resumable: a checkpoint with optimizer and scheduler state is written every
+``checkpoint_minutes`` and picked up by the next run with the same output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from reranker.training.data import load_judged_pairs, soft_targets
+
+
+@dataclass
+class TeacherArgs:
+    model: str
+    train: str
+    catalog: str
+    output: str
+    fields: list[str] = field(default_factory=lambda: ["brand", "color", "material"])
+    max_length: int = 64
+    batch_size: int = 16
+    lr: float = 2e-5
+    warmup: float = 0.1
+    epochs: int = 1
+    max_pairs: int | None = None
+    seed: int = 13
+    relevance_range: tuple[float, float] = (1.0, 3.0)
+    checkpoint_minutes: float = 10.0
+    threads: int | None = None
+
+
+def _load_model(path: str):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, classify the last real token
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model
+
+
+def train_teacher(args: TeacherArgs) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    ckpt = out / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+
+    pairs = load_judged_pairs(args.train, args.catalog, args.fields)
+    targets = soft_targets(pairs.relevance, *args.relevance_range)
+    order = np.random.default_rng(args.seed).permutation(len(pairs.query))
+    if args.max_pairs:
+        order = order[: args.max_pairs]
+    batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    total_steps = len(batches) * args.epochs
+
+    start_from = ckpt if (ckpt / "state.pt").exists() else None
+    tokenizer, model = _load_model(str(start_from or args.model))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warmup_steps = int(total_steps * args.warmup)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    step = 0
+    if start_from:
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        random.seed(args.seed + step)
+        torch.manual_seed(args.seed + step)
+    else:
+        torch.manual_seed(args.seed)
+
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    last_save = time.monotonic()
+    bar = tqdm(total=total_steps, initial=step, desc="teacher", unit="batch")
+    losses: list[float] = []
+    while step < total_steps:
+        idx = batches[step % len(batches)]
+        enc = tokenizer(
+            [pairs.query[i] for i in idx],
+            [pairs.text[i] for i in idx],
+            truncation=True,
+            max_length=args.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        logits = model(**enc).logits.squeeze(-1)
+        loss = loss_fn(logits, torch.tensor(targets[idx], dtype=torch.float32))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        if time.monotonic() - last_save > args.checkpoint_minutes * 60 and step < total_steps:
+            _save(model, tokenizer, ckpt, optimizer, scheduler, step)
+            last_save = time.monotonic()
+    bar.close()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = asdict(args) | {"steps": step, "final_loss_last100": float(np.mean(losses[-100:]))}
+    (out / "teacher_args.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _save(model, tokenizer, ckpt: Path, optimizer, scheduler, step: int) -> None:
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step},
+        tmp / "state.pt",
+    )
+    if ckpt.exists():
+        old = ckpt.with_name(ckpt.name + ".old")
+        os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        import shutil
+
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, ckpt)
+
+
+if __name__ == "__main__":  # pragma: no cover - until `reranker train-teacher` lands
+    import sys
+
+    print(train_teacher(TeacherArgs(**json.loads(sys.argv[1]))))
