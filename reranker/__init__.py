@@ -7,7 +7,15 @@
 ...     print(r.rank, r.retrieval_rank, r.title)
 """
 
-from reranker._version import __version__
+from pathlib import Path as _Path
+
+# Installed, index/ and training/ are the subpackages reranker.index and reranker.training. In a
+# source checkout they sit beside reranker/, so Python started there (cwd on sys.path) finds this
+# folder first: extend the package path to the checkout so the same imports work.
+if not (_Path(__file__).parent / "index").is_dir():
+    __path__.append(str(_Path(__file__).resolve().parent.parent))  # noqa: F821 (package __path__)
+
+from reranker._version import __version__  # noqa: E402
 from reranker.catalog import Catalog, FieldMapping, Product, read_catalog
 from reranker.crossencoder import CrossEncoder, ModelConfig, Scores
 from reranker.errors import (

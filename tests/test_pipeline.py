@@ -73,3 +73,21 @@ def test_search_path_never_imports_torch(built_index, tiny_model):
         assert not bad, bad
     """)
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_source_checkout_imports_subpackages_without_an_install(tmp_path):
+    """Python started in the checkout (cwd first on sys.path) must find reranker.index too."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = textwrap.dedent(f"""
+        import sys
+        finders = sys.meta_path
+        finders[:] = [f for f in finders if "Editable" not in getattr(f, "__name__", "")]
+        sys.path.insert(0, {str(root)!r})
+        import reranker.index, reranker.training.data
+        assert reranker.index.__file__.startswith({str(root / "index")!r}), reranker.index.__file__
+    """)
+    env = dict(os.environ, PYTHONPATH="")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
