@@ -18,8 +18,41 @@ DEFAULT_INDEX = "reranker-index"
 TITLE_WIDTH = 72
 
 
+PLUGIN_GROUP = "reranker.commands"
+
+
+def _plugin_commands() -> dict:
+    """Commands other parts install (training's live in reranker.training.cli), by entry point,
+    so the runtime never imports them until one is run."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 class _Group(click.Group):
-    """Turns kd-reranker errors into a one-line message and exit status 1, never a traceback."""
+    """Turns kd-reranker errors into a one-line message and exit status 1, never a traceback,
+    and adds the plugin commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugin_commands()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            return command
+        ep = _plugin_commands().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except ImportError as exc:  # the extra is not installed: say which
+            message = str(exc)
+
+            @click.command(name, help=f"(unavailable: {message})")
+            def unavailable() -> None:
+                raise click.ClickException(message)
+
+            return unavailable
 
     def invoke(self, ctx: click.Context):
         try:

@@ -42,3 +42,7 @@ class QueryError(RerankerError, ValueError):
 
 class RetrieverUnavailableError(RerankerError):
     """The first-stage retriever (e.g. a remote cluster) cannot answer."""
+
+
+class DataError(RerankerError, ValueError):
+    """Training or evaluation data is invalid (missing columns, labels out of range, ...)."""

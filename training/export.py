@@ -6,6 +6,7 @@ Writes ``model.onnx`` (fp32), optionally ``model.int8.onnx`` (dynamic int8), ``t
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,15 @@ DEFAULT_PARITY_PAIRS = [
     ("led light bulb 60 watt", "60-Watt Equivalent A19 Soft White LED Light Bulb (4-Pack)"),
     ("x", "Toilet Seat | material: Plastic"),
 ]
+
+
+def trained_fields(model_path: str | Path) -> list[str]:
+    """The product fields a model was trained to read, from its training settings file."""
+    for name in ("distill_args.json", "teacher_args.json"):
+        path = Path(model_path) / name
+        if path.is_file():
+            return list(json.loads(path.read_text()).get("fields", []))
+    raise ModelError(f"cannot tell which product fields {model_path} reads; pass --fields")
 
 
 def export_model(

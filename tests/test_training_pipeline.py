@@ -1,0 +1,292 @@
+"""The training commands end to end on tiny local models: train-teacher → augment → label
+(killed and resumed) → distill (both losses) → export → eval → `reranker search` uses it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from reranker.cli import main
+from reranker.errors import DataError, RerankerError
+from reranker.index import BM25Index
+from reranker.training.augment import augment, synthetic_query
+from reranker.training.label import label_pairs
+
+TRAIN = [
+    ("cordless drill", "p001", 3.0),
+    ("cordless drill", "p029", 2.33),
+    ("cordless drill", "p007", 1.0),
+    ("cordless drill", "p006", 2.0),
+    ("garden hose", "p007", 3.0),
+    ("garden hose", "p008", 2.67),
+    ("garden hose", "p013", 1.0),
+    ("garden hose", "p025", 2.0),
+    ("toilet seat", "p013", 3.0),
+    ("toilet seat", "p014", 2.67),
+    ("toilet seat", "p016", 1.0),
+    ("led bulb", "p010", 3.0),
+    ("led bulb", "p011", 2.67),
+    ("led bulb", "p028", 1.67),
+]
+DEV = [
+    ("hammer drill", "p002", 3.0),
+    ("hammer drill", "p005", 2.0),
+    ("hammer drill", "p009", 1.0),
+    ("hose nozzle", "p025", 3.0),
+    ("hose nozzle", "p026", 2.67),
+    ("hose nozzle", "p018", 1.0),
+]
+
+
+def write_judged(path, rows):
+    pq.write_table(
+        pa.table(
+            {
+                "query": [r[0] for r in rows],
+                "product_id": [r[1] for r in rows],
+                "relevance": [r[2] for r in rows],
+            }
+        ),
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    d = tmp_path_factory.mktemp("splits")
+    return write_judged(d / "train.parquet", TRAIN), write_judged(d / "dev.parquet", DEV)
+
+
+def cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], env={"RERANKER_MODEL": ""})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_augment_is_seeded_deduplicated_and_never_uses_excluded_queries(
+    built_index, splits, tmp_path
+):
+    train, dev = splits
+    index = BM25Index.load(built_index)
+    a = augment(
+        index,
+        train,
+        tmp_path / "a.parquet",
+        exclude=[dev],
+        per_query=5,
+        synthetic_queries=10,
+        seed=3,
+        progress=False,
+    )
+    b = augment(
+        index,
+        train,
+        tmp_path / "b.parquet",
+        exclude=[dev],
+        per_query=5,
+        synthetic_queries=10,
+        seed=3,
+        progress=False,
+    )
+    ta, tb = pq.read_table(a.output), pq.read_table(b.output)
+    assert ta.equals(tb)
+    rows = ta.to_pylist()
+    assert {"bm25", "synthetic"} == {r["source"] for r in rows}
+    pairs = [(r["query"], r["product_id"]) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    assert not {(q, p) for q, p, _ in TRAIN} & set(pairs)  # judged pairs are not "unlabelled"
+    assert not {q for q, _, _ in DEV} & {r["query"] for r in rows}
+    assert all(r["origin_product_id"] for r in rows if r["source"] == "synthetic")
+    assert a.synthetic_queries == 10 and a.pairs == ta.num_rows
+    with pytest.raises(RerankerError, match="exists; pass --overwrite"):
+        augment(index, train, a.output, progress=False)
+    with pytest.raises(RerankerError, match="also in an excluded file"):
+        augment(index, train, tmp_path / "c.parquet", exclude=[train], progress=False)
+
+
+def test_synthetic_queries_are_title_spans():
+    rng = np.random.default_rng(0)
+    q = synthetic_query("DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit", rng)
+    words = q.split()
+    assert 1 <= len(words) <= 3
+    assert q in "dewalt max lithium ion cordless drill driver"
+    assert synthetic_query("12 in. 3/4", rng) is None
+
+
+def test_label_resumes_after_kill_without_losing_or_duplicating(tiny_model, catalog_csv, tmp_path):
+    n = 6000
+    pids = [f"p{i % 30 + 1:03d}" for i in range(n)]
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table(
+            {"query": [f"drill {i}" for i in range(n)], "product_id": pids, "row": list(range(n))}
+        ),
+        pairs,
+    )
+    out = tmp_path / "scores.parquet"
+    shards = tmp_path / "scores.parquet.shards"
+    code = textwrap.dedent(f"""
+        from reranker.training.label import label_pairs
+        label_pairs({str(pairs)!r}, {str(tiny_model)!r}, {str(catalog_csv)!r}, {str(out)!r},
+                    shard_size=100, progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shards.glob("part-*.parquet"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(shards.glob("part-*.parquet")))
+    assert done_before >= 3, "the run ended before it could be killed mid-way"
+    assert done_before < 60 and not out.exists(), "the run finished before the kill"
+
+    report = label_pairs(pairs, tiny_model, catalog_csv, out, shard_size=100, progress=False)
+    assert report.shards_done_before == done_before
+    got = pq.read_table(out)
+    assert got.num_rows == n and got.column("row").to_pylist() == list(range(n))
+    assert not shards.exists()
+
+    fresh = label_pairs(
+        pairs, tiny_model, catalog_csv, tmp_path / "fresh.parquet", shard_size=100, progress=False
+    )
+    np.testing.assert_allclose(
+        pq.read_table(fresh.output).column("score").to_numpy(),
+        got.column("score").to_numpy(),
+        atol=0.05,
+    )  # int8: batch-dependent
+
+
+def test_label_validates_inputs(tiny_model, catalog_csv, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"query": ["x"]}), bad)
+    with pytest.raises(DataError, match="lacks column.*product_id"):
+        label_pairs(bad, tiny_model, catalog_csv, tmp_path / "o.parquet", progress=False)
+    unknown = tmp_path / "unknown.parquet"
+    pq.write_table(pa.table({"query": ["x"], "product_id": ["nope"]}), unknown)
+    with pytest.raises(DataError, match="not in the catalog"):
+        label_pairs(unknown, tiny_model, catalog_csv, tmp_path / "o.parquet", progress=False)
+    with pytest.raises(RerankerError, match="not a Hugging Face model directory"):
+        label_pairs(unknown, tmp_path, catalog_csv, tmp_path / "o.parquet", progress=False)
+
+
+def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_hf_model):
+    train, dev = splits
+    teacher = tmp_path / "teacher"
+    cli(
+        "train-teacher",
+        "--model",
+        tiny_hf_model,
+        "--train",
+        train,
+        "--catalog",
+        catalog_csv,
+        "--output",
+        teacher,
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--max-length",
+        "32",
+    )
+    aug = tmp_path / "aug.parquet"
+    cli(
+        "augment",
+        "--index-dir",
+        built_index,
+        "--train",
+        train,
+        "--exclude",
+        dev,
+        "--output",
+        aug,
+        "--per-query",
+        "6",
+        "--synthetic-queries",
+        "8",
+    )
+    cli(
+        "label",
+        train,
+        "--teacher",
+        teacher,
+        "--catalog",
+        catalog_csv,
+        "--output",
+        tmp_path / "train_scores.parquet",
+        "--shard-size",
+        "5",
+    )
+    out = cli(
+        "label",
+        aug,
+        "--teacher",
+        teacher,
+        "--catalog",
+        catalog_csv,
+        "--output",
+        tmp_path / "aug_scores.parquet",
+        "--shard-size",
+        "16",
+    )
+    assert "labelled" in out
+    n_aug = pq.read_table(tmp_path / "aug_scores.parquet").num_rows
+    for loss in ("listwise", "triples"):
+        student = tmp_path / f"student-{loss}"
+        cli(
+            "distill",
+            "--labelled",
+            tmp_path / "train_scores.parquet",
+            "--augmented",
+            tmp_path / "aug_scores.parquet",
+            "--augment-size",
+            str(n_aug // 2),
+            "--catalog",
+            catalog_csv,
+            "--student",
+            tiny_hf_model,
+            "--layers",
+            "1",
+            "--loss",
+            loss,
+            "--output",
+            student,
+            "--max-length",
+            "32",
+            "--batch-pairs",
+            "8",
+        )
+        meta = json.loads((student / "distill_args.json").read_text())
+        assert meta["layers"] == 1 and meta["pairs"] >= len(TRAIN)
+        cli("export", student, "--output", tmp_path / f"onnx-{loss}", "--max-length", "32")
+    model_dir = tmp_path / "onnx-listwise"
+    cfg = json.loads((model_dir / "reranker.json").read_text())
+    assert cfg["fields"] == ["brand", "color", "material"]
+    assert cfg["metadata"]["parity"]["fp32_vs_torch_max_abs_diff"] < 1e-4
+
+    out = cli(
+        "eval", "--judged", dev, "--index-dir", built_index, "--model", model_dir, "--e2e", "--json"
+    )
+    metrics = json.loads(out[out.index("{") :])
+    assert 0 <= metrics["ndcg10"] <= 1 and metrics["queries"] == 2
+    assert metrics["rmse"] is not None and metrics["e2e_ndcg10"] is not None
+    out = cli("eval", "--judged", dev, "--index-dir", built_index, "--hf-model", teacher)
+    assert "NDCG@10" in out
+
+    env = dict(os.environ, RERANKER_MODEL=str(model_dir))
+    result = CliRunner().invoke(
+        main, ["search", "cordless drill", "--index-dir", str(built_index)], env=env
+    )
+    assert result.exit_code == 0 and f"reranked by {model_dir.name}" in result.output

@@ -1,0 +1,380 @@
+"""Training commands of the `reranker` CLI (registered as `reranker.commands` entry points).
+
+Each command parses options and calls the training API; errors surface as one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _fields(value: str) -> list[str]:
+    return [f.strip() for f in value.split(",") if f.strip()]
+
+
+def _range(value: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected LOW,HIGH, e.g. 1,3") from None
+    if not low < high:
+        raise click.BadParameter("LOW must be below HIGH")
+    return low, high
+
+
+fields_option = click.option(
+    "--fields",
+    default="brand,color,material",
+    show_default=True,
+    help="Comma-separated product attributes the model reads after the title.",
+)
+catalog_option = click.option(
+    "--catalog", required=True, type=click.Path(path_type=Path), help="Product catalog file."
+)
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+
+
+@click.command("train-teacher")
+@click.option("--model", required=True, help="Hugging Face model directory to fine-tune.")
+@click.option(
+    "--train",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Judged pairs (Parquet: query, product_id, relevance).",
+)
+@catalog_option
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@fields_option
+@click.option(
+    "--relevance-range",
+    default="1,3",
+    show_default=True,
+    help="LOW,HIGH of the judged scale; targets are (relevance - LOW) / (HIGH - LOW).",
+)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=2e-5, show_default=True)
+@click.option("--warmup", default=0.1, show_default=True, help="Fraction of steps.")
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-pairs", type=int, help="Train on a seeded sample of this many pairs.")
+@click.option("--seed", default=13, show_default=True)
+@click.option("--threads", type=int, help="torch threads (default: torch's).")
+@click.option(
+    "--checkpoint-minutes",
+    default=10.0,
+    show_default=True,
+    help="Resumable checkpoint interval; rerunning the command resumes.",
+)
+def train_teacher_cmd(
+    model,
+    train,
+    catalog,
+    output,
+    fields,
+    relevance_range,
+    max_length,
+    batch_size,
+    lr,
+    warmup,
+    epochs,
+    max_pairs,
+    seed,
+    threads,
+    checkpoint_minutes,
+):
+    """Fine-tune a relevance classifier with soft targets (BCE on graded labels in [0, 1])."""
+    from reranker.training.teacher import TeacherArgs, train_teacher
+
+    out = train_teacher(
+        TeacherArgs(
+            model=model,
+            train=str(train),
+            catalog=str(catalog),
+            output=str(output),
+            fields=_fields(fields),
+            relevance_range=_range(relevance_range),
+            max_length=max_length,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=warmup,
+            epochs=epochs,
+            max_pairs=max_pairs,
+            seed=seed,
+            threads=threads,
+            checkpoint_minutes=checkpoint_minutes,
+        )
+    )
+    click.echo(f"teacher written to {out}")
+
+
+@click.command("augment")
+@click.option(
+    "--index-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Embedded index of the catalog (`reranker index`).",
+)
+@click.option(
+    "--train",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Training pairs (query, product_id); their queries get BM25 candidates.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Pair files whose queries must never be used (dev, held-back). Repeatable.",
+)
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@click.option("--per-query", default=20, show_default=True, help="BM25 candidates per query.")
+@click.option(
+    "--synthetic-queries",
+    default=0,
+    show_default=True,
+    help="New queries to synthesise from catalog titles.",
+)
+@click.option("--seed", default=13, show_default=True)
+@overwrite_option
+def augment_cmd(index_dir, train, exclude, output, per_query, synthetic_queries, seed, overwrite):
+    """Generate unlabelled (query, product) pairs for the teacher to score."""
+    from reranker.index import BM25Index
+    from reranker.training.augment import augment
+
+    r = augment(
+        BM25Index.load(index_dir),
+        train,
+        output,
+        exclude=exclude,
+        per_query=per_query,
+        synthetic_queries=synthetic_queries,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    click.echo(
+        f"wrote {r.pairs} pairs to {r.output}: {r.bm25_pairs} BM25 candidates of training "
+        f"queries, {r.synthetic_pairs} for {r.synthetic_queries} synthetic queries "
+        f"({r.excluded_queries} excluded queries never used)"
+    )
+
+
+@click.command("label")
+@click.argument("pairs", type=click.Path(path_type=Path))
+@click.option(
+    "--teacher",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Teacher: a Hugging Face model directory or a runtime model directory.",
+)
+@catalog_option
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--fields",
+    default=None,
+    help="Attributes the teacher reads (default: from the teacher's own settings).",
+)
+@click.option(
+    "--backend", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True
+)
+@click.option("--max-length", default=64, show_default=True)
+@click.option(
+    "--shard-size",
+    default=2048,
+    show_default=True,
+    help="Pairs per shard; a killed run resumes at the first unfinished shard.",
+)
+@overwrite_option
+def label_cmd(pairs, teacher, catalog, output, fields, backend, max_length, shard_size, overwrite):
+    """Score a pair file with the teacher (resumable)."""
+    from reranker.training.label import label_pairs
+
+    r = label_pairs(
+        pairs,
+        teacher,
+        catalog,
+        output,
+        fields=None if fields is None else _fields(fields),
+        backend=backend,
+        max_length=max_length,
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
+    click.echo(
+        f"labelled {r.rows} pairs into {r.output} in {r.seconds:.0f} s "
+        f"({r.shards_done_before} shard(s) were already done)"
+    )
+
+
+@click.command("distill")
+@click.option(
+    "--labelled",
+    type=click.Path(path_type=Path),
+    help="Teacher scores of the labelled pairs (`reranker label`).",
+)
+@click.option(
+    "--augmented", type=click.Path(path_type=Path), help="Teacher scores of augmented pairs."
+)
+@click.option(
+    "--augment-size",
+    default=0,
+    show_default=True,
+    help="How many augmented pairs to use (whole queries, seeded).",
+)
+@catalog_option
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@click.option("--student", help="Starting point (default: all-MiniLM-L6-v2).")
+@click.option("--layers", type=int, help="Keep only the first N transformer layers.")
+@fields_option
+@click.option(
+    "--loss",
+    type=click.Choice(["listwise", "triples"]),
+    default="listwise",
+    show_default=True,
+    help="All pairs of a candidate list, or (q, a, b) triples.",
+)
+@click.option("--list-size", default=8, show_default=True)
+@click.option("--batch-pairs", default=32, show_default=True, help="(query, product) pairs a step.")
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--epochs", default=1, show_default=True)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--seed", default=13, show_default=True)
+@click.option("--threads", type=int)
+@overwrite_option
+def distill_cmd(
+    labelled,
+    augmented,
+    augment_size,
+    catalog,
+    output,
+    student,
+    layers,
+    fields,
+    loss,
+    list_size,
+    batch_pairs,
+    lr,
+    epochs,
+    max_length,
+    seed,
+    threads,
+    overwrite,
+):
+    """Train a student cross-encoder on the teacher's margins (margin-MSE)."""
+    from reranker.training.distill import DistillArgs, distill
+
+    out = distill(
+        DistillArgs(
+            labelled=None if labelled is None else str(labelled),
+            catalog=str(catalog),
+            output=str(output),
+            augmented=None if augmented is None else str(augmented),
+            augment_size=augment_size,
+            student=student,
+            layers=layers,
+            fields=_fields(fields),
+            loss=loss,
+            list_size=list_size,
+            batch_pairs=batch_pairs,
+            lr=lr,
+            epochs=epochs,
+            max_length=max_length,
+            seed=seed,
+            threads=threads,
+            overwrite=overwrite,
+        )
+    )
+    click.echo(f"student written to {out}")
+
+
+@click.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@click.option("--max-length", default=64, show_default=True)
+@click.option(
+    "--fields",
+    default=None,
+    help="Attributes the model reads (default: from its training settings).",
+)
+@click.option("--no-int8", is_flag=True, help="Write only the fp32 model.")
+@click.option("--per-channel", is_flag=True, help="Per-channel int8 weights.")
+@overwrite_option
+def export_cmd(model, output, max_length, fields, no_int8, per_channel, overwrite):
+    """Write the runtime's model directory (ONNX fp32 + int8) with a parity check."""
+    from reranker.training.export import export_model, trained_fields
+
+    out = export_model(
+        model,
+        output,
+        max_length=max_length,
+        fields=_fields(fields) if fields is not None else trained_fields(model),
+        int8=not no_int8,
+        per_channel=per_channel,
+        overwrite=overwrite,
+        metadata={"name": Path(output).name},
+    )
+    parity = json.loads((out / "reranker.json").read_text())["metadata"]["parity"]
+    click.echo(f"exported to {out}; parity: {json.dumps(parity)}")
+
+
+@click.command("eval")
+@click.option(
+    "--judged",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Judged pairs (query, product_id, relevance), e.g. dev.",
+)
+@click.option(
+    "--index-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Embedded index of the catalog (products and BM25).",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="Runtime model directory (student or exported teacher).",
+)
+@click.option(
+    "--hf-model",
+    type=click.Path(path_type=Path),
+    help="Hugging Face model directory, scored in torch (e.g. a teacher).",
+)
+@click.option("--variant", help="Runtime model variant (int8, fp32).")
+@click.option("--fields", default=None, help="Override the attributes the model reads.")
+@click.option("--e2e", is_flag=True, help="Also end-to-end NDCG@10 (BM25 top-k, reranked).")
+@click.option("-k", "k", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(judged, index_dir, model_dir, hf_model, variant, fields, e2e, k, as_json):
+    """NDCG@10, pair accuracy, RMSE and end-to-end NDCG@10 (docs/EVALUATION.md).
+
+    Without --model or --hf-model it evaluates BM25."""
+    from reranker.index import BM25Index
+    from reranker.training.evaluate import evaluate_system, load_judged
+
+    if model_dir and hf_model:
+        raise click.UsageError("give --model or --hf-model, not both")
+    m = evaluate_system(
+        load_judged(judged),
+        BM25Index.load(index_dir),
+        model_dir=None if model_dir is None else str(model_dir),
+        hf_model=None if hf_model is None else str(hf_model),
+        variant=variant,
+        fields=None if fields is None else _fields(fields),
+        e2e=e2e,
+        k=k,
+    )
+    system = str(model_dir or hf_model or "BM25")
+    if as_json:
+        click.echo(json.dumps({"system": system, **m.to_dict()}, indent=2))
+        return
+    click.echo(f"{'system':<40} {'NDCG@10':>8} {'pair acc':>8} {'RMSE':>6} {'e2e@10':>7} queries")
+    rmse = "—" if m.rmse is None else f"{m.rmse:.3f}"
+    e2e_s = "—" if m.e2e_ndcg10 is None else f"{m.e2e_ndcg10:.3f}"
+    click.echo(
+        f"{system[-40:]:<40} {m.ndcg10:>8.4f} {m.pair_accuracy:>8.4f} {rmse:>6} {e2e_s:>7} "
+        f"{m.queries}/{m.pair_queries}"
+    )

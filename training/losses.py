@@ -1,0 +1,95 @@
+"""Margin-MSE losses for cross-encoder distillation.
+
+The student learns the teacher's *margin* between two products of the same query:
+``((s(q,a) - s(q,b)) - (t(q,a) - t(q,b)))**2``, averaged.
+
+- Triples ``(q, a, b)``: sentence-transformers' ``MarginMSELoss`` (used as is by ``distill``);
+  :func:`margin_mse_triples` is the same formula on score tensors.
+- All pairs of a query's candidate list (the paper's variant): :func:`margin_mse_listwise` and
+  :class:`ListwiseMarginMSELoss`, averaged over every pair ``i < j`` of every list in the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def margin_mse_triples(s_a: Tensor, s_b: Tensor, t_a: Tensor, t_b: Tensor) -> Tensor:
+    """Mean of ``((s_a - s_b) - (t_a - t_b))**2`` over the batch."""
+    return torch.mean(((s_a - s_b) - (t_a - t_b)) ** 2)
+
+
+def margin_mse_listwise(student: Tensor, teacher: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over all pairs ``i < j`` of valid candidates of each list of
+    ``((s_i - s_j) - (t_i - t_j))**2``.
+
+    ``student`` and ``teacher`` are ``(lists, candidates)``; ``mask`` marks real (not padded)
+    candidates. Lists with fewer than two candidates contribute nothing.
+    """
+    if student.shape != teacher.shape or student.dim() != 2:
+        raise ValueError(
+            f"student and teacher scores must both be (lists, candidates); got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if mask is None:
+        mask = torch.ones_like(student, dtype=torch.bool)
+    ds = student.unsqueeze(2) - student.unsqueeze(1)
+    dt = teacher.unsqueeze(2) - teacher.unsqueeze(1)
+    n = student.shape[1]
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool, device=student.device), diagonal=1)
+    valid = mask.unsqueeze(2) & mask.unsqueeze(1) & upper
+    if not valid.any():
+        raise ValueError("no list in the batch has two candidates to compare")
+    return ((ds - dt) ** 2)[valid].mean()
+
+
+class ListwiseMarginMSELoss(nn.Module):
+    """All-pairs margin-MSE for a sentence-transformers ``CrossEncoder`` with one label.
+
+    ``forward(queries, candidates, teacher_scores)``: one query per list, its candidate texts and
+    the teacher's scores for them (lists may differ in length).
+    """
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        if getattr(model, "num_labels", 1) != 1:
+            raise ValueError(
+                f"ListwiseMarginMSELoss needs a model with 1 output label, got {model.num_labels}; "
+                "create the student with num_labels=1"
+            )
+        self.model = model
+
+    def forward(
+        self,
+        queries: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        teacher_scores: Sequence[Sequence[float]],
+    ) -> Tensor:
+        if not (len(queries) == len(candidates) == len(teacher_scores)):
+            raise ValueError("queries, candidates and teacher_scores must have the same length")
+        pairs = [(q, d) for q, docs in zip(queries, candidates, strict=True) for d in docs]
+        logits = student_logits(self.model, pairs)
+        width = max(len(c) for c in candidates)
+        s = logits.new_zeros((len(queries), width))
+        t = logits.new_zeros((len(queries), width))
+        mask = torch.zeros((len(queries), width), dtype=torch.bool, device=logits.device)
+        pos = 0
+        for row, (docs, ts) in enumerate(zip(candidates, teacher_scores, strict=True)):
+            if len(docs) != len(ts):
+                raise ValueError(f"list {row}: {len(docs)} candidates but {len(ts)} teacher scores")
+            s[row, : len(docs)] = logits[pos : pos + len(docs)]
+            t[row, : len(docs)] = torch.as_tensor(ts, dtype=logits.dtype)
+            mask[row, : len(docs)] = True
+            pos += len(docs)
+        return margin_mse_listwise(s, t, mask)
+
+
+def student_logits(model, pairs: Sequence[tuple[str, str]]) -> Tensor:
+    """Raw one-label logits of a sentence-transformers CrossEncoder for (query, text) pairs."""
+    from sentence_transformers.util import batch_to_device
+
+    features = batch_to_device(model.preprocess(list(pairs)), model.device)
+    return model(features)["scores"].view(-1)
