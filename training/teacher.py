@@ -144,9 +144,3 @@ def _save(model, tokenizer, ckpt: Path, optimizer, scheduler, step: int) -> None
         shutil.rmtree(old)
     else:
         os.replace(tmp, ckpt)
-
-
-if __name__ == "__main__":  # pragma: no cover - until `reranker train-teacher` lands
-    import sys
-
-    print(train_teacher(TeacherArgs(**json.loads(sys.argv[1]))))
