@@ -1,6 +1,34 @@
-"""First stage: the retriever interface, the embedded BM25 index, catalog → index."""
+"""First stage: the retriever interface, the embedded BM25 index, the OpenSearch retriever,
+catalog → index."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from reranker.index.base import Candidate, Retriever
 from reranker.index.bm25 import BM25Index
 
-__all__ = ["BM25Index", "Candidate", "Retriever"]
+BACKENDS = ("embedded", "opensearch")
+
+
+def open_retriever(
+    backend: str = "embedded",
+    *,
+    index_dir: str | Path | None = None,
+    opensearch=None,
+    name: str | None = None,
+) -> Retriever:
+    """The embedded index at ``index_dir``, or OpenSearch index/alias ``name`` reached with
+    ``opensearch`` (a :class:`reranker.index.opensearch.ConnectionOptions`)."""
+    if backend == "embedded":
+        if index_dir is None:
+            raise ValueError("the embedded backend needs index_dir")
+        return BM25Index.load(index_dir)
+    if backend == "opensearch":
+        from reranker.index.opensearch import ConnectionOptions, OpenSearchRetriever
+
+        return OpenSearchRetriever(opensearch or ConnectionOptions(), name or "products")
+    raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "BM25Index", "Candidate", "Retriever", "open_retriever"]

@@ -14,11 +14,12 @@ from reranker.index.bm25 import BM25Index
 
 @dataclass(frozen=True)
 class IndexReport:
-    index_dir: Path
+    destination: str  # the index directory, or URL/alias for OpenSearch
     indexed: int
-    skipped: tuple[SkippedRow, ...]
-    skipped_file: Path
+    skipped: tuple[SkippedRow, ...]  # catalog rows left out (--skip-invalid)
+    skipped_file: Path | None  # where the full list of skipped rows is stored
     seconds: float
+    failed: tuple[tuple[str, str], ...] = ()  # documents the cluster rejected: (id, reason)
 
 
 def index_catalog(
@@ -45,9 +46,41 @@ def index_catalog(
     skipped = [{"row": s.row, "reason": s.reason, "id": s.id} for s in catalog.skipped]
     index.save(index_dir, overwrite=overwrite, skipped=json.dumps(skipped))
     return IndexReport(
-        Path(index_dir),
+        str(index_dir),
         len(index),
         catalog.skipped,
         index.generation / "skipped.json",
         time.perf_counter() - start,
+    )
+
+
+def index_catalog_opensearch(
+    catalog_path: str | Path,
+    options,
+    name: str,
+    mapping: FieldMapping | None = None,
+    *,
+    fmt: str | None = None,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> IndexReport:
+    """Read and validate a catalog, bulk-load it into OpenSearch behind alias ``name``
+    (``options``: a :class:`reranker.index.opensearch.ConnectionOptions`)."""
+    from reranker.index import opensearch
+
+    start = time.perf_counter()
+    catalog = read_catalog(
+        catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
+    )
+    report = opensearch.index_catalog_opensearch(
+        catalog, options, name, overwrite=overwrite, allow_failures=skip_invalid, progress=progress
+    )
+    return IndexReport(
+        f"{options.url} alias {name!r} -> {report.physical_index}",
+        report.indexed,
+        catalog.skipped,
+        None,
+        time.perf_counter() - start,
+        report.failed,
     )

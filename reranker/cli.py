@@ -72,6 +72,85 @@ index_dir_option = click.option(
 )
 
 
+def backend_options(f):
+    """--backend and the OpenSearch connection options, shared by index and search."""
+    options = [
+        click.option(
+            "--backend",
+            type=click.Choice(["embedded", "opensearch"]),
+            default="embedded",
+            show_default=True,
+            help="First stage: the embedded rank-bm25 index or an OpenSearch cluster.",
+        ),
+        click.option(
+            "--url",
+            envvar="RERANKER_OPENSEARCH_URL",
+            default="http://127.0.0.1:9200",
+            show_default=True,
+            help="OpenSearch URL ($RERANKER_OPENSEARCH_URL).",
+        ),
+        click.option(
+            "--index",
+            "os_index",
+            envvar="RERANKER_OPENSEARCH_INDEX",
+            default="products",
+            show_default=True,
+            help="OpenSearch alias to search or build ($RERANKER_OPENSEARCH_INDEX).",
+        ),
+        click.option(
+            "--username",
+            envvar="RERANKER_OPENSEARCH_USER",
+            help="Basic-auth user ($RERANKER_OPENSEARCH_USER).",
+        ),
+        click.option(
+            "--password",
+            envvar="RERANKER_OPENSEARCH_PASSWORD",
+            help="Basic-auth password; prefer $RERANKER_OPENSEARCH_PASSWORD.",
+        ),
+        click.option(
+            "--ca-certs",
+            type=click.Path(exists=True, dir_okay=False),
+            help="CA bundle to verify the cluster's certificate.",
+        ),
+        click.option(
+            "--no-verify-certs",
+            is_flag=True,
+            help="Do not verify TLS certificates (verification is on by default).",
+        ),
+        click.option(
+            "--timeout",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="Seconds to wait for OpenSearch per request.",
+        ),
+        click.option(
+            "--retries",
+            type=int,
+            default=2,
+            show_default=True,
+            help="Retries on connection errors and timeouts.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries):
+    from reranker.index.opensearch import ConnectionOptions
+
+    return ConnectionOptions(
+        url=url,
+        username=username,
+        password=password,
+        ca_certs=ca_certs,
+        verify_certs=not no_verify_certs,
+        timeout=timeout,
+        retries=retries,
+    )
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kd-reranker")
 def main() -> None:
@@ -101,32 +180,51 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing index (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@backend_options
 def index_cmd(
-    catalog, index_dir, fmt, id_field, title_field, fields, skip_invalid, overwrite, quiet
+    catalog,
+    index_dir,
+    fmt,
+    id_field,
+    title_field,
+    fields,
+    skip_invalid,
+    overwrite,
+    quiet,
+    backend,
+    url,
+    os_index,
+    username,
+    password,
+    ca_certs,
+    no_verify_certs,
+    timeout,
+    retries,
 ):
     """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
     from reranker.catalog import FieldMapping, describe_skipped
-    from reranker.index.build import index_catalog
+    from reranker.index import build
 
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
-    report = index_catalog(
-        catalog,
-        index_dir,
-        FieldMapping(id_field, title_field, attrs),
-        fmt=fmt,
-        skip_invalid=skip_invalid,
-        overwrite=overwrite,
-        progress=not quiet,
-    )
+    mapping = FieldMapping(id_field, title_field, attrs)
+    common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
+    if backend == "opensearch":
+        options = _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries)
+        report = build.index_catalog_opensearch(catalog, options, os_index, mapping, **common)
+    else:
+        report = build.index_catalog(catalog, index_dir, mapping, **common)
     if report.skipped:
+        where = f" (full list: {report.skipped_file})" if report.skipped_file else ""
         click.echo(
             f"skipped {len(report.skipped)} invalid row(s): "
-            f"{describe_skipped(report.skipped, limit=20)} (full list: {report.skipped_file})",
+            f"{describe_skipped(report.skipped, limit=20)}{where}",
             err=True,
         )
+    for pid, reason in report.failed:
+        click.echo(f"failed to index {pid}: {reason}", err=True)
     click.echo(
         f"indexed {report.indexed} products, skipped {len(report.skipped)}, "
-        f"into {report.index_dir} in {report.seconds:.1f} s"
+        f"failed {len(report.failed)}, into {report.destination} in {report.seconds:.1f} s"
     )
 
 
@@ -153,17 +251,39 @@ def index_cmd(
 @click.option("--variant", help="Model variant to load, e.g. int8 or fp32 (default: the model's).")
 @click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json):
+@backend_options
+def search_cmd(
+    query,
+    index_dir,
+    k,
+    n,
+    model_dir,
+    variant,
+    no_rerank,
+    as_json,
+    backend,
+    url,
+    os_index,
+    username,
+    password,
+    ca_certs,
+    no_verify_certs,
+    timeout,
+    retries,
+):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
     from reranker.crossencoder import CrossEncoder
     from reranker.errors import QueryError
-    from reranker.index import BM25Index
+    from reranker.index import open_retriever
     from reranker.pipeline import SearchPipeline, load_default_model
 
     if not query.strip():
         raise QueryError("query is empty")
     t0 = time.perf_counter()
-    index = BM25Index.load(index_dir)
+    options = None
+    if backend == "opensearch":
+        options = _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries)
+    index = open_retriever(backend, index_dir=index_dir, opensearch=options, name=os_index)
     model = None
     if not no_rerank:
         model = (

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# README command 2: a virtual environment with every extra the tests need, then lint and tests.
+# README command 2: a virtual environment with every extra the tests need, a real OpenSearch
+# node for the OpenSearch tests, then lint and tests.
+#
+# RERANKER_SKIP_OPENSEARCH=1 opts out of the OpenSearch tests (they are skipped, and say so);
+# otherwise a server that cannot be started is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TEST_VENV:-.venv}
@@ -14,8 +18,17 @@ if [ -d ../shared/wheels ]; then
   links=(--find-links ../shared/wheels)
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,dev]"
+"$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,opensearch,dev]"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/ruff" check .
+
+if [ "${RERANKER_SKIP_OPENSEARCH:-0}" != 1 ]; then
+  export OPENSEARCH_PORT=${OPENSEARCH_PORT:-9200}
+  export OPENSEARCH_URL="http://127.0.0.1:$OPENSEARCH_PORT"
+  if ! bash scripts/opensearch.sh status; then
+    bash scripts/opensearch.sh start
+    trap 'bash scripts/opensearch.sh stop' EXIT
+  fi
+fi
 "$VENV/bin/python" -m pytest -q "$@"

@@ -1,0 +1,318 @@
+"""OpenSearch first stage: the same retriever interface as the embedded index, for catalogs
+that live in a cluster. Needs the ``[opensearch]`` extra (opensearch-py).
+
+Index layout: ``NAME`` is an alias to a physical index ``NAME-<timestamp>``; a re-index builds
+a new physical index, bulk-loads and refreshes it, then moves the alias in one atomic
+``_aliases`` call, so searches never see a half-built index.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from tqdm.auto import tqdm
+
+from reranker._extras import require
+from reranker.catalog import Catalog, Product
+from reranker.errors import (
+    IndexExistsError,
+    QueryError,
+    RerankerError,
+    RetrieverUnavailableError,
+)
+from reranker.index.base import Candidate
+
+require("opensearchpy", "opensearch")
+
+from opensearchpy import OpenSearch, helpers  # noqa: E402
+from opensearchpy import exceptions as os_exc  # noqa: E402
+
+#: The query text sent is cut to this many characters and whitespace-separated words; the match
+#: query would otherwise exceed the cluster's clause limit on absurd input.
+MAX_QUERY_CHARS = 2048
+MAX_QUERY_WORDS = 256
+TITLE_BOOST = 2.0
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How to reach a cluster. TLS verification is on by default for https URLs."""
+
+    url: str = "http://127.0.0.1:9200"
+    username: str | None = None
+    password: str | None = None
+    ca_certs: str | None = None
+    verify_certs: bool = True
+    timeout: float = 10.0
+    retries: int = 2
+
+    def client(self) -> OpenSearch:
+        parsed = urlparse(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise RetrieverUnavailableError(
+                f"not an OpenSearch URL: {self.url!r} (use http(s)://host:port)"
+            )
+        kwargs: dict = {
+            "hosts": [self.url],
+            "timeout": self.timeout,
+            "max_retries": self.retries,
+            "retry_on_timeout": self.retries > 0,
+        }
+        if self.username is not None:
+            kwargs["http_auth"] = (self.username, self.password or "")
+        if parsed.scheme == "https":
+            kwargs.update(
+                use_ssl=True, verify_certs=self.verify_certs, ssl_show_warn=self.verify_certs
+            )
+            if self.ca_certs:
+                kwargs["ca_certs"] = self.ca_certs
+        return OpenSearch(**kwargs)
+
+
+@dataclass(frozen=True)
+class BulkReport:
+    index: str
+    physical_index: str
+    indexed: int
+    failed: tuple[tuple[str, str], ...]  # (product id, reason)
+    seconds: float
+
+
+class BulkIndexError(RerankerError):
+    """Documents that the cluster rejected, by product id."""
+
+    def __init__(self, message: str, failed: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+def _describe_failures(failed: Sequence[tuple[str, str]], limit: int = 5) -> str:
+    text = "; ".join(f"{pid} ({reason})" for pid, reason in failed[:limit])
+    return text + (f"; and {len(failed) - limit} more" if len(failed) > limit else "")
+
+
+def describe(exc: Exception, url: str) -> RetrieverUnavailableError:
+    """A one-line, typed error naming the URL and what failed."""
+    if isinstance(exc, os_exc.SSLError):
+        msg = f"TLS failed talking to OpenSearch at {url}: {_short(exc)}"
+    elif isinstance(exc, os_exc.ConnectionTimeout):
+        msg = f"OpenSearch at {url} did not answer in time ({_short(exc)})"
+    elif isinstance(exc, os_exc.ConnectionError):
+        msg = f"OpenSearch at {url} is unreachable: {_short(exc)}"
+    elif isinstance(exc, os_exc.AuthenticationException):
+        msg = f"OpenSearch at {url} refused the credentials (401)"
+    elif isinstance(exc, os_exc.AuthorizationException):
+        msg = f"OpenSearch at {url} denied access (403): {_short(exc)}"
+    elif isinstance(exc, os_exc.NotFoundError):
+        msg = f"OpenSearch at {url}: index not found ({_short(exc)})"
+    elif isinstance(exc, os_exc.TransportError):
+        msg = f"OpenSearch at {url} answered {exc.status_code}: {_short(exc)}"
+    else:
+        msg = f"OpenSearch at {url} failed: {_short(exc)}"
+    return RetrieverUnavailableError(msg)
+
+
+def _short(exc: Exception) -> str:
+    errno = re.search(r"\[Errno -?\d+\] [^)\]'\"]+", str(exc))
+    if errno:
+        return errno.group(0).strip()
+    if isinstance(exc, os_exc.TransportError) and isinstance(exc.info, dict):
+        err = exc.info.get("error")
+        if isinstance(err, dict):
+            return f"{err.get('type')}: {err.get('reason')}"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(" caused by: ")[0][:300]
+
+
+def mapping(attribute_fields: Sequence[str]) -> dict:
+    """Text fields for BM25 (standard analyzer), the id as a keyword for tie-breaks, and the raw
+    fields kept in ``_source`` for display."""
+    text = {"type": "text", "analyzer": "standard"}
+    return {
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+        "mappings": {
+            "dynamic": "strict",
+            "_meta": {"kd_reranker": {"attribute_fields": list(attribute_fields)}},
+            "properties": {
+                "product_id": {"type": "keyword"},
+                "title": {**text, "copy_to": "all_text"},
+                "attributes": {
+                    "properties": {a: {**text, "copy_to": "all_text"} for a in attribute_fields}
+                },
+                "all_text": text,
+            },
+        },
+    }
+
+
+def document(product: Product) -> dict:
+    return {"product_id": product.id, "title": product.title, "attributes": dict(product.fields)}
+
+
+class OpenSearchRetriever:
+    """BM25 top-k from an OpenSearch index or alias; implements :class:`~reranker.index.Retriever`.
+
+    >>> options = ConnectionOptions("https://search.internal:9200")  # doctest: +SKIP
+    >>> retriever = OpenSearchRetriever(options, "products")  # doctest: +SKIP
+    >>> retriever.retrieve("cordless drill", k=100)  # doctest: +SKIP
+    """
+
+    def __init__(self, options: ConnectionOptions, index: str, *, client: OpenSearch | None = None):
+        self.options = options
+        self.index = index
+        self.client = client or options.client()
+        self._attribute_fields: tuple[str, ...] | None = None
+
+    @property
+    def attribute_fields(self) -> tuple[str, ...]:
+        if self._attribute_fields is None:
+            try:
+                info = self.client.indices.get_mapping(index=self.index)
+            except Exception as exc:
+                raise describe(exc, self.options.url) from None
+            meta = next(iter(info.values()))["mappings"].get("_meta", {}).get("kd_reranker", {})
+            self._attribute_fields = tuple(meta.get("attribute_fields", ()))
+        return self._attribute_fields
+
+    def query_body(self, query: str, k: int) -> dict:
+        text = " ".join(query[:MAX_QUERY_CHARS].split()[:MAX_QUERY_WORDS])
+        if not text:
+            raise QueryError("query is empty")
+        return {
+            "size": k,
+            "track_total_hits": False,
+            "query": {
+                "multi_match": {
+                    "query": text,  # a value, never parsed as query syntax
+                    "fields": [f"title^{TITLE_BOOST}", "all_text"],
+                    "type": "most_fields",
+                    "operator": "or",
+                }
+            },
+            "sort": [{"_score": "desc"}, {"product_id": "asc"}],
+            "_source": ["product_id", "title", "attributes"],
+        }
+
+    def retrieve(self, query: str, k: int = 100) -> list[Candidate]:
+        if k <= 0:
+            return []
+        try:
+            body = self.query_body(query, k)
+        except QueryError:
+            return []
+        try:
+            res = self.client.search(index=self.index, body=body)
+        except Exception as exc:
+            raise describe(exc, self.options.url) from None
+        out = []
+        for rank, hit in enumerate(res["hits"]["hits"], start=1):
+            src = hit["_source"]
+            fields = {a: v for a, v in (src.get("attributes") or {}).items() if v is not None}
+            out.append(
+                Candidate(
+                    Product(src["product_id"], src["title"], fields), float(hit["_score"]), rank
+                )
+            )
+        return out
+
+
+def index_catalog_opensearch(
+    catalog: Catalog,
+    options: ConnectionOptions,
+    name: str,
+    *,
+    overwrite: bool = False,
+    allow_failures: bool = False,
+    chunk_size: int = 1000,
+    progress: bool = False,
+    documents: Iterable[dict] | None = None,
+) -> BulkReport:
+    """Create a new physical index, bulk-load the catalog, refresh, and point alias ``name`` at
+    it atomically.
+
+    Per-document failures are collected by product id, never dropped. Unless ``allow_failures``,
+    any failure aborts: the new index is deleted, the alias keeps pointing at the old one, and a
+    :class:`BulkIndexError` lists the failed ids.
+    """
+    client = options.client()
+    start = time.perf_counter()
+    try:
+        if client.indices.exists_alias(name=name):
+            if not overwrite:
+                raise IndexExistsError(
+                    f"OpenSearch alias {name!r} already exists at {options.url}; pass --overwrite "
+                    "to rebuild it (the alias moves atomically when the new index is ready)"
+                )
+            old = list(client.indices.get_alias(name=name))
+        elif client.indices.exists(index=name):
+            raise IndexExistsError(
+                f"{name!r} at {options.url} is a concrete index, not an alias managed by "
+                "kd-reranker; delete it or choose another --index name"
+            )
+        else:
+            old = []
+        physical = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+        client.indices.create(index=physical, body=mapping(catalog.attribute_fields))
+    except IndexExistsError:
+        raise
+    except Exception as exc:
+        raise describe(exc, options.url) from None
+
+    docs = documents if documents is not None else (document(p) for p in catalog.products)
+
+    def actions() -> Iterator[dict]:
+        for doc in docs:
+            yield {"_index": physical, "_id": doc["product_id"], "_source": doc}
+
+    failed: list[tuple[str, str]] = []
+    indexed = 0
+    bar = tqdm(total=len(catalog.products), desc="bulk indexing", unit="doc", disable=not progress)
+    try:
+        for ok, item in helpers.streaming_bulk(
+            client,
+            actions(),
+            chunk_size=chunk_size,
+            raise_on_error=False,
+            raise_on_exception=False,
+            max_retries=options.retries,
+            refresh=False,
+        ):
+            info = item.get("index", item)
+            if ok:
+                indexed += 1
+            else:
+                err = info.get("error")
+                reason = (
+                    f"{err.get('type')}: {err.get('reason')}" if isinstance(err, dict) else str(err)
+                )
+                failed.append((str(info.get("_id")), reason))
+            bar.update(1)
+        bar.close()
+        if failed and not allow_failures:
+            raise BulkIndexError(
+                f"{len(failed)} of {indexed + len(failed)} documents failed to index into "
+                f"{options.url}: {_describe_failures(failed)}; the alias {name!r} was left "
+                "unchanged (pass --skip-invalid to publish the rest)",
+                tuple(failed),
+            )
+        client.indices.refresh(index=physical)
+        actions_ = [{"remove": {"index": o, "alias": name}} for o in old]
+        actions_.append({"add": {"index": physical, "alias": name}})
+        client.indices.update_aliases(body={"actions": actions_})
+        for o in old:
+            client.indices.delete(index=o, ignore_unavailable=True)
+    except BaseException as exc:  # Ctrl-C too: never leave a half-built index behind
+        bar.close()
+        try:
+            client.indices.delete(index=physical, ignore_unavailable=True)
+        except Exception:
+            pass
+        if isinstance(exc, BulkIndexError) or not isinstance(exc, Exception):
+            raise
+        raise describe(exc, options.url) from None
+    return BulkReport(name, physical, indexed, tuple(failed), time.perf_counter() - start)

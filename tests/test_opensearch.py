@@ -1,0 +1,267 @@
+"""Against a real OpenSearch node (scripts/opensearch.sh; scripts/test.sh starts one).
+
+Set RERANKER_SKIP_OPENSEARCH=1 to opt out explicitly; otherwise a missing server is a failure.
+"""
+
+import json
+import os
+import socket
+import threading
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from reranker import CrossEncoder, IndexExistsError, RetrieverUnavailableError, SearchPipeline
+from reranker.catalog import read_catalog
+from reranker.cli import main
+
+if os.environ.get("RERANKER_SKIP_OPENSEARCH") == "1":
+    pytest.skip("RERANKER_SKIP_OPENSEARCH=1: OpenSearch tests opted out", allow_module_level=True)
+
+from reranker.index.opensearch import (  # noqa: E402
+    BulkIndexError,
+    ConnectionOptions,
+    OpenSearchRetriever,
+    document,
+    index_catalog_opensearch,
+)
+
+URL = os.environ.get("OPENSEARCH_URL", "http://127.0.0.1:9200")
+
+
+@pytest.fixture(scope="module")
+def options():
+    opts = ConnectionOptions(URL, timeout=20, retries=1)
+    try:
+        opts.client().cluster.health(wait_for_status="yellow", request_timeout=30)
+    except Exception as exc:
+        pytest.fail(
+            f"no OpenSearch at {URL} ({exc.__class__.__name__}); start one with "
+            "`scripts/opensearch.sh start` or opt out with RERANKER_SKIP_OPENSEARCH=1"
+        )
+    return opts
+
+
+@pytest.fixture
+def name(options):
+    alias = f"test-{uuid.uuid4().hex[:8]}"
+    yield alias
+    client = options.client()
+    client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+
+
+@pytest.fixture(scope="module")
+def catalog(catalog_csv):
+    return read_catalog(catalog_csv)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], env={"RERANKER_MODEL": ""})
+
+
+def test_index_and_search_round_trip_through_the_cli(options, name, catalog_csv):
+    r = cli("index", catalog_csv, "--backend", "opensearch", "--url", URL, "--index", name, "-q")
+    assert r.exit_code == 0, r.output
+    assert "indexed 30 products, skipped 0, failed 0" in r.output
+    r = cli(
+        "search",
+        "twin garden hose",
+        "--backend",
+        "opensearch",
+        "--url",
+        URL,
+        "--index",
+        name,
+        "--no-rerank",
+        "--json",
+        "-n",
+        "3",
+    )
+    assert r.exit_code == 0, r.output
+    ids = [x["product_id"] for x in json.loads(r.output)["results"]]
+    assert ids[:2] == ["p026", "p027"]  # identical products: ties break by id
+
+
+def test_reindex_needs_overwrite_and_swaps_the_alias_atomically(options, name, catalog):
+    first = index_catalog_opensearch(catalog, options, name)
+    with pytest.raises(IndexExistsError, match="--overwrite"):
+        index_catalog_opensearch(catalog, options, name)
+    second = index_catalog_opensearch(catalog, options, name, overwrite=True)
+    client = options.client()
+    assert list(client.indices.get_alias(name=name)) == [second.physical_index]
+    assert not client.indices.exists(index=first.physical_index)
+    assert len(OpenSearchRetriever(options, name).retrieve("drill", 100)) > 0
+
+
+def test_mapping_and_analyzer(options, name, catalog):
+    report = index_catalog_opensearch(catalog, options, name)
+    client = options.client()
+    props = client.indices.get_mapping(index=name)[report.physical_index]["mappings"]
+    assert props["dynamic"] == "strict"
+    p = props["properties"]
+    assert p["product_id"]["type"] == "keyword"
+    assert p["title"] == {"type": "text", "analyzer": "standard", "copy_to": ["all_text"]}
+    assert set(p["attributes"]["properties"]) == {"brand", "color", "material"}
+    tokens = client.indices.analyze(
+        index=name, body={"field": "title", "text": "DEWALT 20-Volt Drill/Driver"}
+    )
+    assert [t["token"] for t in tokens["tokens"]] == ["dewalt", "20", "volt", "drill", "driver"]
+    retriever = OpenSearchRetriever(options, name)
+    assert retriever.attribute_fields == ("brand", "color", "material")
+    hit = retriever.retrieve("toilet seat biscuit", 1)[0]
+    assert hit.product.fields == {
+        "brand": "American Standard",
+        "color": "Biscuit",
+        "material": "Wood",
+    }
+
+
+def bad_documents(catalog):
+    for p in catalog.products:
+        doc = document(p)
+        if p.id in ("p003", "p017"):
+            doc["attributes"] = {"brand": {"not": "text"}}  # rejected by the mapping
+        yield doc
+
+
+def test_per_document_failures_are_reported_by_id(options, name, catalog):
+    with pytest.raises(BulkIndexError, match=r"2 of 30 documents failed.*p003.*p017") as err:
+        index_catalog_opensearch(catalog, options, name, documents=bad_documents(catalog))
+    assert [pid for pid, _ in err.value.failed] == ["p003", "p017"]
+    client = options.client()
+    assert not client.indices.exists_alias(name=name)  # nothing published
+    assert not client.indices.exists(index=f"{name}-*", allow_no_indices=False)
+    report = index_catalog_opensearch(
+        catalog, options, name, documents=bad_documents(catalog), allow_failures=True
+    )
+    assert report.indexed == 28 and [f[0] for f in report.failed] == ["p003", "p017"]
+    assert "mapper_parsing_exception" in report.failed[0][1]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"cordless drill',
+        "drill}",
+        '{"query": {"match_all": {}}}',
+        "hose OR seat AND NOT drill",
+        "dri*",
+        "title:drill",
+        "\\",
+        "(((",
+        "drill " * 5000,
+        "ß ✓ 🚿 toilet",
+    ],
+)
+def test_injection_shaped_queries_return_results_or_nothing(options, name, catalog, query):
+    index_catalog_opensearch(catalog, options, name)
+    hits = OpenSearchRetriever(options, name).retrieve(query, 10)
+    assert isinstance(hits, list)
+    if query.startswith("{"):  # a query-DSL-looking string is text, not a match_all
+        assert len(hits) < 30
+
+
+def test_options_are_passed_to_the_client():
+    opts = ConnectionOptions(
+        "https://search.example:9200",
+        username="u",
+        password="p",
+        ca_certs="/etc/ssl/certs/ca-certificates.crt",
+        timeout=3,
+        retries=4,
+    )
+    client = opts.client()
+    conn = client.transport.get_connection()
+    assert conn.use_ssl and conn.headers["authorization"].startswith("Basic ")
+    assert conn.pool.ca_certs == "/etc/ssl/certs/ca-certificates.crt"
+    assert conn.pool.cert_reqs == "CERT_REQUIRED"  # verification on by default
+    assert client.transport.max_retries == 4 and conn.timeout == 3
+    off = ConnectionOptions("https://search.example:9200", verify_certs=False).client()
+    assert off.transport.get_connection().pool.cert_reqs == "CERT_NONE"
+
+
+def test_tls_to_a_plain_http_server_is_a_clean_error(options, name, catalog):
+    index_catalog_opensearch(catalog, options, name)
+    tls = ConnectionOptions(URL.replace("http://", "https://"), retries=0)
+    with pytest.raises(
+        RetrieverUnavailableError, match=r"TLS failed talking to OpenSearch at https"
+    ):
+        OpenSearchRetriever(tls, name).retrieve("drill", 5)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_cluster(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RetrieverUnavailableError, match=rf"OpenSearch at {url} is unreachable"):
+        OpenSearchRetriever(ConnectionOptions(url, retries=0), "x").retrieve("drill", 5)
+    r = cli(
+        "search", "drill", "--backend", "opensearch", "--url", url, "--no-rerank", "--retries", "0"
+    )
+    assert r.exit_code == 1
+    assert r.output.count("\n") == 1 and f"OpenSearch at {url} is unreachable" in r.output
+
+
+def test_slow_cluster_times_out():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():  # accept connections and never answer
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        with pytest.raises(
+            RetrieverUnavailableError, match=rf"OpenSearch at {url} did not answer in time"
+        ):
+            OpenSearchRetriever(ConnectionOptions(url, timeout=0.5, retries=0), "x").retrieve(
+                "a", 5
+            )
+    finally:
+        stop.set()
+        thread.join()
+        for c in accepted:
+            c.close()
+        server.close()
+
+
+def test_red_index_is_a_typed_error(options, name):
+    client = options.client()
+    physical = f"{name}-red"
+    client.indices.create(
+        index=physical,
+        body={
+            "settings": {
+                "number_of_shards": 1,
+                "number_of_replicas": 0,
+                "index.routing.allocation.require._name": "no-such-node",
+            }
+        },
+        params={"wait_for_active_shards": "0"},  # the shard can never start: the index is red
+    )
+    client.indices.update_aliases(body={"actions": [{"add": {"index": physical, "alias": name}}]})
+    with pytest.raises(RetrieverUnavailableError, match=rf"OpenSearch at {URL} answered 503"):
+        OpenSearchRetriever(ConnectionOptions(URL, retries=0), name).retrieve("drill", 5)
+
+
+def test_pipeline_reranks_opensearch_candidates(options, name, catalog, tiny_model):
+    index_catalog_opensearch(catalog, options, name)
+    pipeline = SearchPipeline(OpenSearchRetriever(options, name), CrossEncoder(tiny_model))
+    response = pipeline.search("cordless drill", k=20, n=5)
+    assert response.reranked and len(response.results) == 5
+    assert {r.retrieval_rank for r in response.results} <= set(range(1, 21))
