@@ -225,26 +225,34 @@ class BM25Index:
     def scores(self, query: str | Sequence[str]) -> np.ndarray:
         """BM25 score of every product (same values as ``BM25Okapi.get_scores``)."""
         tokens = self.query_tokens(query) if isinstance(query, str) else list(query)
+        return self._accumulate(tokens)[0]
+
+    def _accumulate(self, tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of every product (postings added in query-token order, as rank-bm25 sums) and
+        the rows that contain at least one token, ascending."""
         scores = np.zeros(len(self.ids), dtype=np.float64)
+        spans = []
         for t in tokens:
             i = self.term_index.get(t)
             if i is not None:
                 lo, hi = self.term_ptr[i], self.term_ptr[i + 1]
                 scores[self.postings_doc[lo:hi]] += self.postings_weight[lo:hi]
-        return scores
+                spans.append((lo, hi))
+        distinct = set(spans)
+        if len(distinct) == 1:  # postings are sorted by row: already the matched rows
+            lo, hi = spans[0]
+            return scores, self.postings_doc[lo:hi]
+        touched = np.zeros(len(self.ids), dtype=bool)
+        for lo, hi in distinct:
+            touched[self.postings_doc[lo:hi]] = True
+        return scores, np.flatnonzero(touched)
 
     def retrieve(self, query: str, k: int = 100) -> list[Candidate]:
         """Top-``k`` products containing at least one query token, ties by product id."""
-        tokens = self.query_tokens(query)
-        term_ids = [self.term_index[t] for t in tokens if t in self.term_index]
-        if not term_ids or k <= 0:
+        tokens = [t for t in self.query_tokens(query) if t in self.term_index]
+        if not tokens or k <= 0:
             return []
-        scores = self.scores(tokens)
-        matched = np.unique(
-            np.concatenate(
-                [self.postings_doc[self.term_ptr[i] : self.term_ptr[i + 1]] for i in set(term_ids)]
-            )
-        )
+        scores, matched = self._accumulate(tokens)
         if len(matched) > k:
             s = scores[matched]
             kth = np.partition(s, len(s) - k)[len(s) - k]
