@@ -85,10 +85,10 @@ start() {
   else
     bash -c "$cmd" >"$DATA_DIR/logs/stdout.log" 2>&1
   fi
-  log "started OpenSearch $VERSION (pid $(cat "$PID_FILE" 2>/dev/null || echo ?)), waiting for $URL"
+  log "started OpenSearch $VERSION, waiting for $URL"
   for _ in $(seq 1 180); do
     if curl -fsS "$URL/_cluster/health?wait_for_status=yellow&timeout=1s" >/dev/null 2>&1; then
-      log "ready at $URL"
+      log "ready at $URL (pid $(cat "$PID_FILE" 2>/dev/null))"
       return
     fi
     sleep 1
