@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -132,23 +133,48 @@ def backend_options(f):
             help="Retries on connection errors and timeouts.",
         ),
     ]
+
+    def packed(
+        *args,
+        backend,
+        url,
+        os_index,
+        username,
+        password,
+        ca_certs,
+        no_verify_certs,
+        timeout,
+        retries,
+        **kwargs,
+    ):
+        connection = None
+        if backend == "opensearch":
+            from reranker.index.opensearch import ConnectionOptions
+
+            connection = ConnectionOptions(
+                url=url,
+                username=username,
+                password=password,
+                ca_certs=ca_certs,
+                verify_certs=not no_verify_certs,
+                timeout=timeout,
+                retries=retries,
+            )
+        return f(*args, first_stage=FirstStage(backend, os_index, connection), **kwargs)
+
+    packed.__name__, packed.__doc__ = f.__name__, f.__doc__
     for option in reversed(options):
-        f = option(f)
-    return f
+        packed = option(packed)
+    return packed
 
 
-def _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries):
-    from reranker.index.opensearch import ConnectionOptions
+@dataclass(frozen=True)
+class FirstStage:
+    """What --backend and the connection options chose."""
 
-    return ConnectionOptions(
-        url=url,
-        username=username,
-        password=password,
-        ca_certs=ca_certs,
-        verify_certs=not no_verify_certs,
-        timeout=timeout,
-        retries=retries,
-    )
+    backend: str
+    name: str  # the OpenSearch alias
+    connection: object | None  # a reranker.index.opensearch.ConnectionOptions, for OpenSearch
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -191,15 +217,7 @@ def index_cmd(
     skip_invalid,
     overwrite,
     quiet,
-    backend,
-    url,
-    os_index,
-    username,
-    password,
-    ca_certs,
-    no_verify_certs,
-    timeout,
-    retries,
+    first_stage,
 ):
     """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
     from reranker.catalog import FieldMapping, describe_skipped
@@ -208,9 +226,10 @@ def index_cmd(
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
     mapping = FieldMapping(id_field, title_field, attrs)
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
-    if backend == "opensearch":
-        options = _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries)
-        report = build.index_catalog_opensearch(catalog, options, os_index, mapping, **common)
+    if first_stage.backend == "opensearch":
+        report = build.index_catalog_opensearch(
+            catalog, first_stage.connection, first_stage.name, mapping, **common
+        )
     else:
         report = build.index_catalog(catalog, index_dir, mapping, **common)
     if report.skipped:
@@ -252,25 +271,7 @@ def index_cmd(
 @click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @backend_options
-def search_cmd(
-    query,
-    index_dir,
-    k,
-    n,
-    model_dir,
-    variant,
-    no_rerank,
-    as_json,
-    backend,
-    url,
-    os_index,
-    username,
-    password,
-    ca_certs,
-    no_verify_certs,
-    timeout,
-    retries,
-):
+def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, first_stage):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
     from reranker.crossencoder import CrossEncoder
     from reranker.errors import QueryError
@@ -280,10 +281,12 @@ def search_cmd(
     if not query.strip():
         raise QueryError("query is empty")
     t0 = time.perf_counter()
-    options = None
-    if backend == "opensearch":
-        options = _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries)
-    index = open_retriever(backend, index_dir=index_dir, opensearch=options, name=os_index)
+    index = open_retriever(
+        first_stage.backend,
+        index_dir=index_dir,
+        opensearch=first_stage.connection,
+        name=first_stage.name,
+    )
     model = None
     if not no_rerank:
         model = (

@@ -93,3 +93,18 @@ def model_copy(tiny_model, tmp_path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(tiny_model, dst)
     return dst
+
+
+def write_judged_file(path: Path, rows) -> Path:
+    """A judged-pairs Parquet file from (query, product_id, relevance) rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = ("query", "product_id", "relevance")
+    pq.write_table(pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_judged():
+    return write_judged_file

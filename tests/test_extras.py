@@ -1,4 +1,3 @@
-import builtins
 import importlib.metadata
 
 import pytest
@@ -9,15 +8,16 @@ from reranker.cli import main
 
 
 def test_missing_extra_names_the_install_command(monkeypatch):
-    real_import = builtins.__import__
+    import reranker._extras as extras
 
-    def fake_import(name, *args, **kwargs):
+    real = extras.importlib.import_module
+
+    def fake_import_module(name, *args):
         if name == "opensearchpy":
-            raise ImportError("No module named 'opensearchpy'")
-        return real_import(name, *args, **kwargs)
+            raise ModuleNotFoundError("No module named 'opensearchpy'")
+        return real(name, *args)
 
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.delitem(__import__("sys").modules, "opensearchpy", raising=False)
+    monkeypatch.setattr(extras.importlib, "import_module", fake_import_module)
     with pytest.raises(ImportError, match=r"pip install 'kd-reranker\[opensearch\]'"):
         require("opensearchpy", "opensearch")
 

@@ -1,8 +1,6 @@
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from reranker.training.data import load_judged_pairs, soft_targets
@@ -14,7 +12,8 @@ def test_soft_targets_map_relevance_into_unit_interval():
         soft_targets(np.array([1.0, 3.5]))
 
 
-def judged_file(tmp_path):
+@pytest.fixture
+def judged_file(tmp_path, write_judged):
     rows = [
         ("cordless drill", "p001", 3.0),
         ("cordless drill", "p007", 1.0),
@@ -25,28 +24,17 @@ def judged_file(tmp_path):
         ("toilet seat", "p013", 3.0),
         ("toilet seat", "p014", 2.67),
     ]
-    path = tmp_path / "train.parquet"
-    pq.write_table(
-        pa.table(
-            {
-                "query": [r[0] for r in rows],
-                "product_id": [r[1] for r in rows],
-                "relevance": [r[2] for r in rows],
-            }
-        ),
-        path,
-    )
-    return path
+    return write_judged(tmp_path / "train.parquet", rows)
 
 
-def test_judged_pairs_use_the_shared_product_text(tmp_path, catalog_csv):
-    pairs = load_judged_pairs(str(judged_file(tmp_path)), str(catalog_csv), ["brand"])
+def test_judged_pairs_use_the_shared_product_text(judged_file, catalog_csv):
+    pairs = load_judged_pairs(str(judged_file), str(catalog_csv), ["brand"])
     title = "DEWALT 20-Volt MAX Lithium-Ion Cordless Drill/Driver Kit"
     assert pairs.text[0] == f"{title} | brand: DEWALT"
     assert pairs.relevance.tolist()[:2] == [3.0, 1.0]
 
 
-def test_teacher_trains_and_exports(tmp_path, catalog_csv, tiny_hf_model):
+def test_teacher_trains_and_exports(tmp_path, judged_file, catalog_csv, tiny_hf_model):
     from reranker import CrossEncoder
     from reranker.training.export import export_model
     from reranker.training.teacher import TeacherArgs, train_teacher
@@ -54,7 +42,7 @@ def test_teacher_trains_and_exports(tmp_path, catalog_csv, tiny_hf_model):
     out = train_teacher(
         TeacherArgs(
             model=str(tiny_hf_model),
-            train=str(judged_file(tmp_path)),
+            train=str(judged_file),
             catalog=str(catalog_csv),
             output=str(tmp_path / "teacher"),
             batch_size=4,

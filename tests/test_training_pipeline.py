@@ -47,22 +47,8 @@ DEV = [
 ]
 
 
-def write_judged(path, rows):
-    pq.write_table(
-        pa.table(
-            {
-                "query": [r[0] for r in rows],
-                "product_id": [r[1] for r in rows],
-                "relevance": [r[2] for r in rows],
-            }
-        ),
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory):
+def splits(tmp_path_factory, write_judged):
     d = tmp_path_factory.mktemp("splits")
     return write_judged(d / "train.parquet", TRAIN), write_judged(d / "dev.parquet", DEV)
 
