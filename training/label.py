@@ -8,7 +8,6 @@ and never duplicates a row. When every shard is done they are merged into ``OUT.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from reranker.errors import RerankerError
+from reranker.index.store import sha256_file
 from reranker.training.data import catalog_texts, read_pairs, texts_for
 
 REQUIRED = ("query", "product_id")
@@ -89,14 +89,6 @@ class LabelReport:
     seconds: float
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def label_pairs(
     pairs_path: str | Path,
     teacher: str | Path,
@@ -130,7 +122,7 @@ def label_pairs(
     shard_dir = output.with_name(output.name + ".shards")
     manifest = {
         "pairs": str(pairs_path),
-        "pairs_sha256": _sha256(pairs_path),
+        "pairs_sha256": sha256_file(pairs_path),
         "teacher": str(teacher.resolve()),
         "backend": backend,
         "fields": list(fields),
