@@ -55,3 +55,32 @@ def test_teacher_trains_and_exports(tmp_path, judged_file, catalog_csv, tiny_hf_
     assert meta["steps"] == 6
     model = CrossEncoder(export_model(out, tmp_path / "onnx", max_length=32, int8=False))
     assert model.score("drill", ["Cordless Drill"]).raw.shape == (1,)
+
+
+def test_report_table_and_plot(tmp_path):
+    from reranker.training.report import load, plot, table
+
+    def metrics(ndcg, acc):
+        return {
+            "ndcg10": ndcg,
+            "pair_accuracy": acc,
+            "queries": 1006,
+            "pair_queries": 891,
+            "rmse": None,
+            "e2e_ndcg10": 0.63,
+        }
+
+    (tmp_path / "eval_bm25.json").write_text(json.dumps(metrics(0.875, 0.565)))
+    (tmp_path / "eval_teacher.json").write_text(json.dumps(metrics(0.89, 0.63)))
+    for size, acc in ((0, 0.60), (100, 0.62)):
+        (tmp_path / f"eval_student-L6-listwise-aug{size}.json").write_text(
+            json.dumps(metrics(0.88, acc))
+        )
+    (tmp_path / "wall_seconds.txt").write_text("teacher 600\nstudent-L6-listwise-aug100 120\n")
+    fixed, students, walls = load(tmp_path)
+    assert [s for s, _, _ in students] == [0, 100]
+    text = table(fixed, students, walls)
+    assert "| teacher | — | 0.8900 | 0.6300 | — | 0.6300 | 10 min |" in text
+    assert "| student-L6-listwise-aug100 | 100 | 0.8800 | 0.6200 |" in text
+    plot(fixed, students, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

