@@ -332,5 +332,87 @@ def _print_table(response, load_ms: float) -> None:
     )
 
 
+@main.command("serve")
+@index_dir_option
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (loopback unless told otherwise).",
+)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="Model directory (default: the installed student).",
+)
+@click.option("--variant", help="Model variant, e.g. int8 or fp32.")
+@click.option("--no-rerank", is_flag=True, help="Serve without a model (first-stage order).")
+@click.option("--no-index", is_flag=True, help="Serve /rerank only, without an index for /search.")
+@click.option(
+    "--deadline-ms",
+    default=500.0,
+    show_default=True,
+    help="Default time budget per request; past it, first-stage order is returned.",
+)
+@click.option("--max-documents", default=1000, show_default=True)
+@click.option("--max-field-chars", default=4096, show_default=True)
+@click.option("--max-body-bytes", default=4_000_000, show_default=True)
+@backend_options
+def serve_cmd(
+    index_dir,
+    host,
+    port,
+    model_dir,
+    variant,
+    no_rerank,
+    no_index,
+    deadline_ms,
+    max_documents,
+    max_field_chars,
+    max_body_bytes,
+    first_stage,
+):
+    """Run the HTTP rerank service (/rerank, /search, /healthz, /metrics, web demo at /)."""
+    from reranker._extras import require
+
+    uvicorn = require("uvicorn", "serve")
+    from reranker.crossencoder import CrossEncoder
+    from reranker.index import open_retriever
+    from reranker.pipeline import load_default_model
+    from reranker.service import ServiceSettings, create_app
+
+    retriever = None
+    if not no_index:
+        retriever = open_retriever(
+            first_stage.backend,
+            index_dir=index_dir,
+            opensearch=first_stage.connection,
+            name=first_stage.name,
+        )
+    t0 = time.perf_counter()
+    model = None
+    if not no_rerank:
+        model = (
+            CrossEncoder(model_dir, variant=variant)
+            if model_dir
+            else load_default_model(variant=variant)
+        )
+    settings = ServiceSettings(
+        deadline_ms=deadline_ms,
+        max_documents=max_documents,
+        max_field_chars=max_field_chars,
+        max_body_bytes=max_body_bytes,
+    )
+    app = create_app(model, retriever, settings, model_load_seconds=time.perf_counter() - t0)
+    click.echo(
+        f"serving on http://{host}:{port} (model: {model.name if model else 'none'}, "
+        f"index: {'none' if retriever is None else first_stage.backend})",
+        err=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -158,11 +158,20 @@ class CrossEncoder:
 
     def score(self, query: str, texts: Sequence[str]) -> Scores:
         """Score ``texts`` (product texts) against ``query``; returns arrays in input order."""
+        return self.score_pairs([query] * len(texts), texts)
+
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> Scores:
+        """Score (query, text) pairs, queries may differ (the service batches requests this
+        way); returns arrays in input order."""
+        if len(queries) != len(texts):
+            raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
         raw = np.zeros(len(texts), dtype=np.float32)
         if not texts:
             return Scores(raw, raw.copy())
-        query = self._truncate_query(query)
-        encodings = self.tokenizer.encode_batch([(query, t) for t in texts])
+        cut = {q: self._truncate_query(q) for q in dict.fromkeys(queries)}
+        encodings = self.tokenizer.encode_batch(
+            [(cut[q], t) for q, t in zip(queries, texts, strict=True)]
+        )
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
         order = np.argsort(lengths, kind="stable")
         for start in range(0, len(order), self.batch_size):

@@ -18,7 +18,7 @@ if [ -d ../shared/wheels ]; then
   links=(--find-links ../shared/wheels)
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,opensearch,dev]"
+"$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,opensearch,serve,dev]"
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/ruff" check .
