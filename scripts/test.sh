@@ -3,7 +3,8 @@
 # node for the OpenSearch tests, then lint and tests.
 #
 # RERANKER_SKIP_OPENSEARCH=1 opts out of the OpenSearch tests (they are skipped, and say so);
-# otherwise a server that cannot be started is a failure.
+# otherwise a server that cannot be started is a failure. Likewise RERANKER_SKIP_BROWSER=1 for the
+# web demo's test in Debian's Chromium, which this script installs when it is missing (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TEST_VENV:-.venv}
@@ -19,6 +20,16 @@ if [ -d ../shared/wheels ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,opensearch,serve,dev]"
+
+chromium=${RERANKER_CHROMIUM:-/usr/bin/chromium}
+if [ "${RERANKER_SKIP_BROWSER:-0}" != 1 ] && [ ! -x "$chromium" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test.sh: the web demo test needs Chromium at $chromium (Debian: apt-get install" \
+         "chromium); set RERANKER_CHROMIUM, or RERANKER_SKIP_BROWSER=1 to opt out" >&2
+  fi
+fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$VENV/bin/ruff" check .
