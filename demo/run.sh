@@ -23,7 +23,7 @@ if ! "$VENV/bin/python" -c "import sys; from reranker import default_model_dir; 
   flags=(--no-rerank)
 fi
 
-for query in "cordless drill" "led light bulb 60 watt" "white elongated toilet seat"; do
+for query in "led light bulb 60 watt" "white elongated toilet seat" "cordless drill"; do
   echo
   "$RERANKER" search "$query" --index-dir demo/index -n 10 "${flags[@]}"
 done
