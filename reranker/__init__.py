@@ -38,6 +38,7 @@ from reranker.pipeline import (
     Timings,
     default_model_dir,
     load_default_model,
+    load_model,
 )
 from reranker.text import BM25Tokenizer, product_text, searchable_text
 
@@ -69,6 +70,7 @@ __all__ = [
     "__version__",
     "default_model_dir",
     "load_default_model",
+    "load_model",
     "product_text",
     "read_catalog",
     "searchable_text",

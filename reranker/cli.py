@@ -177,6 +177,20 @@ class FirstStage:
     connection: object | None  # a reranker.index.opensearch.ConnectionOptions, for OpenSearch
 
 
+def model_options(f):
+    """--model and --variant, shared by search and serve."""
+    f = click.option(
+        "--variant", help="Model variant to load, e.g. int8 or fp32 (default: the model's)."
+    )(f)
+    return click.option(
+        "--model",
+        "model_dir",
+        type=click.Path(path_type=Path),
+        help="Model directory written by `reranker export` "
+        "(default: $RERANKER_MODEL or the installed student).",
+    )(f)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kd-reranker")
 def main() -> None:
@@ -261,22 +275,15 @@ def index_cmd(
 @click.option(
     "-n", "n", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Results shown."
 )
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
-    help="Model directory written by `reranker export` (default: the installed student).",
-)
-@click.option("--variant", help="Model variant to load, e.g. int8 or fp32 (default: the model's).")
+@model_options
 @click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @backend_options
 def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, first_stage):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
-    from reranker.crossencoder import CrossEncoder
     from reranker.errors import QueryError
     from reranker.index import open_retriever
-    from reranker.pipeline import SearchPipeline, load_default_model
+    from reranker.pipeline import SearchPipeline, load_model
 
     if not query.strip():
         raise QueryError("query is empty")
@@ -289,11 +296,7 @@ def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, f
     )
     model = None
     if not no_rerank:
-        model = (
-            CrossEncoder(model_dir, variant=variant)
-            if model_dir
-            else load_default_model(variant=variant)
-        )
+        model = load_model(model_dir, variant=variant)
     load_ms = (time.perf_counter() - t0) * 1e3
     response = SearchPipeline(index, model).search(query, k=k, n=n)
     if as_json:
@@ -341,13 +344,7 @@ def _print_table(response, load_ms: float) -> None:
     help="Address to bind (loopback unless told otherwise).",
 )
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option(
-    "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
-    help="Model directory (default: the installed student).",
-)
-@click.option("--variant", help="Model variant, e.g. int8 or fp32.")
+@model_options
 @click.option("--no-rerank", is_flag=True, help="Serve without a model (first-stage order).")
 @click.option("--no-index", is_flag=True, help="Serve /rerank only, without an index for /search.")
 @click.option(
@@ -378,9 +375,8 @@ def serve_cmd(
     from reranker._extras import require
 
     uvicorn = require("uvicorn", "serve")
-    from reranker.crossencoder import CrossEncoder
     from reranker.index import open_retriever
-    from reranker.pipeline import load_default_model
+    from reranker.pipeline import load_model
     from reranker.service import ServiceSettings, create_app
 
     retriever = None
@@ -394,11 +390,7 @@ def serve_cmd(
     t0 = time.perf_counter()
     model = None
     if not no_rerank:
-        model = (
-            CrossEncoder(model_dir, variant=variant)
-            if model_dir
-            else load_default_model(variant=variant)
-        )
+        model = load_model(model_dir, variant=variant)
     settings = ServiceSettings(
         deadline_ms=deadline_ms,
         max_documents=max_documents,

@@ -70,6 +70,11 @@ def default_model_dir() -> Path | None:
     return PACKAGED_MODEL_DIR if (PACKAGED_MODEL_DIR / "reranker.json").is_file() else None
 
 
+def load_model(model_dir: str | Path | None = None, **kwargs) -> CrossEncoder:
+    """The model at ``model_dir``, or the default one (see :func:`default_model_dir`)."""
+    return CrossEncoder(model_dir, **kwargs) if model_dir else load_default_model(**kwargs)
+
+
 def load_default_model(**kwargs) -> CrossEncoder:
     path = default_model_dir()
     if path is None:

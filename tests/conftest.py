@@ -108,3 +108,53 @@ def write_judged_file(path: Path, rows) -> Path:
 @pytest.fixture(scope="session")
 def write_judged():
     return write_judged_file
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve_process(built_index, tiny_model):
+    """`reranker serve` as a real process on a free loopback port; yields (url, process)."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reranker.cli",
+            "serve",
+            "--index-dir",
+            str(built_index),
+            "--model",
+            str(tiny_model),
+            "--port",
+            str(port),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"reranker serve exited: {proc.stderr.read()}") from None
+                time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,8 +1,5 @@
 import asyncio
 import json
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -214,41 +211,12 @@ def test_concurrent_requests_are_batched_together(model):
     assert sum(slow.batches) == 16
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_reranker_serve_binds_loopback_and_answers(built_index, tiny_model):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reranker.cli",
-            "serve",
-            "--index-dir",
-            str(built_index),
-            "--model",
-            str(tiny_model),
-            "--port",
-            str(port),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for _ in range(100):
-            try:
-                r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        assert r.json()["status"] == "ok"
-        r = httpx.post(f"http://127.0.0.1:{port}/search", json={"query": "garden hose"}, timeout=10)
-        assert r.json()["reranked"] is True
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=10)
-    assert f"serving on http://127.0.0.1:{port}" in err
+def test_reranker_serve_binds_loopback_and_answers(serve_process):
+    url, proc = serve_process
+    assert url.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{url}/healthz", timeout=5).json()["status"] == "ok"
+    r = httpx.post(f"{url}/search", json={"query": "garden hose"}, timeout=10)
+    assert r.json()["reranked"] is True
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    assert f"serving on {url}" in err

@@ -5,13 +5,8 @@ screenshot is saved to $RERANKER_TEST_ARTIFACTS (default: test-artifacts/).
 """
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 if os.environ.get("RERANKER_SKIP_BROWSER") == "1":
@@ -21,41 +16,8 @@ CHROMIUM = os.environ.get("RERANKER_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("RERANKER_TEST_ARTIFACTS", "test-artifacts"))
 
 
-@pytest.fixture
-def server(built_index, tiny_model):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reranker.cli",
-            "serve",
-            "--index-dir",
-            str(built_index),
-            "--model",
-            str(tiny_model),
-            "--port",
-            str(port),
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def test_search_in_a_real_browser_shows_both_columns(server):
+def test_search_in_a_real_browser_shows_both_columns(serve_process):
+    server, _ = serve_process
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
