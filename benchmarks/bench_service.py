@@ -1,0 +1,173 @@
+"""Load test of `reranker serve` on loopback with a real HTTP load generator (hey).
+
+    python benchmarks/bench_service.py [--model DIR] [--requests 64]
+
+POST /rerank with 100 documents per request (the BM25 top 100 of the demo catalog for one dev
+query, as catalog objects) at 1, 8 and 32 concurrent clients, against the service as it runs
+(micro-batching) and against the same service scoring one request at a time
+(`--max-batch-pairs 1`). Each run is bounded: `hey -n REQUESTS` and a wall-clock timeout; the
+deadline is set high so that every request is reranked, and the script checks that no request
+failed and none fell back. Needs `hey` (Debian package) and the [serve] extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from _common import stand_in_model
+
+from reranker import BM25Index, default_model_dir
+from reranker.index.build import index_catalog
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(model: Path, extra: list[str]) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reranker.cli",
+            "serve",
+            "--no-index",
+            "--model",
+            str(model),
+            "--port",
+            str(port),
+            "--deadline-ms",
+            "60000",
+            *extra,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            return url, proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the service did not start")
+
+
+def fallbacks(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(v) for v in re.findall(r"^kd_fallbacks_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def run_hey(url: str, body: Path, requests: int, concurrency: int, timeout_s: int) -> dict:
+    out = subprocess.run(
+        [
+            "hey",
+            "-n",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-D",
+            str(body),
+            "-t",
+            "120",
+            "-o",
+            "csv",
+            f"{url}/rerank",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=True,
+    ).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    lat = np.array([float(r["response-time"]) for r in rows]) * 1e3
+    offsets = np.array([float(r["offset"]) for r in rows])
+    wall = float((offsets + lat / 1e3).max())
+    errors = sum(r["status-code"] != "200" for r in rows)
+    return {
+        "requests": len(rows),
+        "errors": errors,
+        "throughput_rps": len(rows) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", help="model directory (default: installed student or stand-in)")
+    ap.add_argument("--catalog", default="demo/products.parquet")
+    ap.add_argument("--query", default="cordless drill")
+    ap.add_argument("--requests", type=int, default=64, help="per run")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per run, at most")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    if shutil.which("hey") is None:
+        sys.exit("hey is needed (Debian: apt-get install hey)")
+    work = Path(tempfile.mkdtemp(prefix="kd-bench-service-"))
+    results: dict = {"runs": []}
+    try:
+        model = Path(args.model) if args.model else default_model_dir() or stand_in_model(work)
+        index_catalog(args.catalog, work / "index")
+        cands = BM25Index.load(work / "index").retrieve(args.query, 100)
+        docs = [{"id": c.product.id, "title": c.product.title, **c.product.fields} for c in cands]
+        body = work / "body.json"
+        body.write_text(json.dumps({"query": args.query, "documents": docs}))
+        results |= {"model": str(model), "documents": len(docs), "body_bytes": body.stat().st_size}
+        for mode, extra in (("micro-batching", []), ("one at a time", ["--max-batch-pairs", "1"])):
+            url, proc = start(model, extra)
+            try:
+                run_hey(url, body, 4, 1, args.timeout)  # warm-up
+                for c in args.concurrency:
+                    r = run_hey(url, body, args.requests, c, args.timeout)
+                    r |= {"mode": mode, "concurrency": c}
+                    results["runs"].append(r)
+                    print(json.dumps(r), flush=True)
+                results.setdefault("fallbacks", {})[mode] = fallbacks(url)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"\nmodel {results['model']}, {results['documents']} documents per request "
+        f"({results['body_bytes']:,} bytes), {args.requests} requests per run\n"
+    )
+    print("| server | clients | throughput | p50 | p99 | errors |")
+    print("|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        print(
+            f"| {r['mode']} | {r['concurrency']} | {r['throughput_rps']:.2f} req/s | "
+            f"{r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['errors']} |"
+        )
+    print(f"\nfallbacks (must be 0): {results['fallbacks']}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    if any(r["errors"] for r in results["runs"]) or any(results["fallbacks"].values()):
+        sys.exit("errors or fallbacks during the load test")
+
+
+if __name__ == "__main__":
+    main()
