@@ -15,6 +15,7 @@ class Candidate:
     product: Product
     score: float
     rank: int
+    row: int | None = None  # the product's position in an embedded index (for stored token ids)
 
 
 @runtime_checkable

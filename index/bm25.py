@@ -26,6 +26,7 @@ from reranker.errors import IndexCorruptError
 from reranker.index import store
 from reranker.index.base import Candidate
 from reranker.text import BM25Tokenizer, searchable_text
+from reranker.tokens import ProductTokens
 
 FORMAT = "kd-reranker-bm25"
 FORMAT_VERSION = 1
@@ -65,6 +66,8 @@ class BM25Index:
         self.tokenizer = tokenizer
         self.params = params
         self.manifest = manifest or {}
+        #: Product token ids for one model (``reranker index --model``), or None.
+        self.product_tokens: ProductTokens | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -164,6 +167,7 @@ class BM25Index:
             if skipped is not None:
                 (gen.path / "skipped.json").write_text(skipped)
             pq.write_table(self.products, gen.path / "products.parquet")
+            tokens_key = self.product_tokens.save(gen.path) if self.product_tokens else None
             vocab = sorted(self.term_index, key=self.term_index.__getitem__)
             (gen.path / "vocab.json").write_text(json.dumps(vocab))
             for name, arr in {
@@ -183,6 +187,7 @@ class BM25Index:
                     "tokenizer": self.tokenizer.settings(),
                     "bm25": self.params,
                     **self.manifest,
+                    "product_tokens": tokens_key,
                 }
             )
         return Path(directory)
@@ -208,7 +213,7 @@ class BM25Index:
             raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
         if len(arrays["term_ptr"]) != len(vocab) + 1 or products.num_rows != manifest["count"]:
             raise IndexCorruptError(f"index at {directory} is corrupt: sizes do not agree")
-        return cls(
+        index = cls(
             vocab=vocab,
             products=products,
             attribute_fields=manifest["attribute_fields"],
@@ -217,6 +222,25 @@ class BM25Index:
             manifest=manifest,
             **arrays,
         )
+        if manifest.get("product_tokens"):
+            try:
+                index.product_tokens = ProductTokens.load(gen, manifest["product_tokens"])
+            except (OSError, ValueError) as exc:
+                raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
+            if len(index.product_tokens) != len(index):
+                raise IndexCorruptError(f"index at {directory} is corrupt: token ids do not agree")
+        return index
+
+    def add_product_tokens(self, model) -> None:
+        """Store every product's token ids for ``model`` (a :class:`CrossEncoder`), so that
+        reranking with it tokenises only the query."""
+        texts = [p.text(model.config.fields) for p in self.products_at(np.arange(len(self)))]
+        self.product_tokens = ProductTokens.build(model.pairs, texts, model.token_key)
+
+    def tokens_for(self, key: dict) -> ProductTokens | None:
+        """The stored token ids if they were made for a model with this ``token_key``."""
+        t = self.product_tokens
+        return t if t is not None and t.key == key else None
 
     # ---------------------------------------------------------------- search
     def query_tokens(self, query: str) -> list[str]:
@@ -261,7 +285,7 @@ class BM25Index:
         top = matched[order]
         products = self.products_at(top)
         return [
-            Candidate(p, float(scores[d]), rank)
+            Candidate(p, float(scores[d]), rank, int(d))
             for rank, (p, d) in enumerate(zip(products, top, strict=True), start=1)
         ]
 

@@ -31,10 +31,13 @@ def index_catalog(
     skip_invalid: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    model=None,
 ) -> IndexReport:
     """Read, validate and index a catalog into ``index_dir`` (atomically).
 
-    Skipped rows (with ``skip_invalid``) are listed in the index's ``skipped.json``.
+    Skipped rows (with ``skip_invalid``) are listed in the index's ``skipped.json``. With
+    ``model`` (a :class:`~reranker.crossencoder.CrossEncoder`), every product's token ids for that
+    model are stored too, so reranking with it tokenises only the query.
     """
     start = time.perf_counter()
     if store.exists(index_dir) and not overwrite:  # fail before the slow part
@@ -43,6 +46,8 @@ def index_catalog(
         catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
     )
     index = BM25Index.build(catalog, progress=progress)
+    if model is not None:
+        index.add_product_tokens(model)
     skipped = [{"row": s.row, "reason": s.reason, "id": s.id} for s in catalog.skipped]
     index.save(index_dir, overwrite=overwrite, skipped=json.dumps(skipped))
     return IndexReport(

@@ -220,6 +220,14 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing index (atomically).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="Also store every product's token ids for this model, so a search with it tokenises "
+    "only the query (default: $RERANKER_MODEL or the installed student, if any).",
+)
+@click.option("--no-tokens", is_flag=True, help="Do not store product token ids.")
 @backend_options
 def index_cmd(
     catalog,
@@ -231,11 +239,14 @@ def index_cmd(
     skip_invalid,
     overwrite,
     quiet,
+    model_dir,
+    no_tokens,
     first_stage,
 ):
     """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
     from reranker.catalog import FieldMapping, describe_skipped
     from reranker.index import build
+    from reranker.pipeline import default_model_dir, load_model
 
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
     mapping = FieldMapping(id_field, title_field, attrs)
@@ -245,7 +256,12 @@ def index_cmd(
             catalog, first_stage.connection, first_stage.name, mapping, **common
         )
     else:
-        report = build.index_catalog(catalog, index_dir, mapping, **common)
+        model = None
+        if not no_tokens and (model_dir or default_model_dir()):
+            model = load_model(model_dir)
+        report = build.index_catalog(catalog, index_dir, mapping, model=model, **common)
+        if model is not None:
+            click.echo(f"stored product token ids for model {model.name}")
     if report.skipped:
         where = f" (full list: {report.skipped_file})" if report.skipped_file else ""
         click.echo(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from reranker.catalog import Product
 from reranker.errors import ModelError
+from reranker.tokens import PairEncoder, token_key
 
 CONFIG_FILE = "reranker.json"
 FORMAT = "kd-reranker-cross-encoder"
@@ -122,10 +124,18 @@ class CrossEncoder:
         except Exception as exc:  # tokenizers raises a bare Exception for a missing/broken file
             raise ModelError(f"cannot load tokenizer {tok_path}: {_first_line(exc)}") from None
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.config.max_length, strategy="longest_first")
-        self.query_tokenizer = Tokenizer.from_file(str(tok_path))
-        self.query_tokenizer.no_padding()
-        self.query_tokenizer.no_truncation()
+        self.tokenizer.no_truncation()
+        try:
+            self.pairs = PairEncoder(
+                self.tokenizer, self.config.max_length, self.config.pad_token_id
+            )
+        except ValueError as exc:
+            raise ModelError(f"{tok_path}: {exc}") from None
+        self.max_query_tokens = self.config.max_query_tokens or self.config.max_length // 2
+        #: What product ids stored with an index must match to be used by this model.
+        self.token_key = token_key(tok_path, self.config.fields, self.config.max_length)
+        #: Milliseconds spent in each part of the last scoring call.
+        self.last_timings: dict[str, float] = {}
 
         onnx_path = self.model_dir / self.config.files[self.variant]
         if not onnx_path.is_file():
@@ -148,13 +158,10 @@ class CrossEncoder:
     def name(self) -> str:
         return str(self.config.metadata.get("name") or self.model_dir.name)
 
-    def _truncate_query(self, query: str) -> str:
-        query = query[:MAX_QUERY_CHARS]
-        limit = self.config.max_query_tokens or self.config.max_length // 2
-        enc = self.query_tokenizer.encode(query, add_special_tokens=False)
-        if len(enc.ids) <= limit:
-            return query
-        return query[: enc.offsets[limit - 1][1]]
+    def query_ids(self, query: str) -> np.ndarray:
+        """A query's token ids (no special tokens), cut to the model's query limit."""
+        enc = self.tokenizer.encode(query[:MAX_QUERY_CHARS], add_special_tokens=False)
+        return np.asarray(enc.ids[: self.max_query_tokens], dtype=np.int32)
 
     def score(self, query: str, texts: Sequence[str]) -> Scores:
         """Score ``texts`` (product texts) against ``query``; returns arrays in input order."""
@@ -165,36 +172,60 @@ class CrossEncoder:
         way); returns arrays in input order."""
         if len(queries) != len(texts):
             raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
-        raw = np.zeros(len(texts), dtype=np.float32)
-        if not texts:
-            return Scores(raw, raw.copy())
-        cut = {q: self._truncate_query(q) for q in dict.fromkeys(queries)}
-        encodings = self.tokenizer.encode_batch(
-            [(cut[q], t) for q, t in zip(queries, texts, strict=True)]
-        )
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(texts))
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            width = int(lengths[idx].max())
-            ids = np.full((len(idx), width), self.config.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            types = np.zeros((len(idx), width), dtype=np.int64)
-            for row, i in enumerate(idx):
-                e = encodings[i]
-                n = len(e.ids)
-                ids[row, :n] = e.ids
-                mask[row, :n] = 1
-                types[row, :n] = e.type_ids
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in self.input_names:
-                feeds["token_type_ids"] = types
-            logits = self.session.run(None, feeds)[0]
-            raw[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx), -1)[:, 0]
-        return Scores(raw, self._activate(raw))
+        t0 = time.perf_counter()
+        qids = {q: self.query_ids(q) for q in dict.fromkeys(queries)}
+        products = self.pairs.text_ids(texts) if texts else []
+        tokenize_ms = (time.perf_counter() - t0) * 1e3
+        scores = self.score_ids([qids[q] for q in queries], products)
+        self.last_timings["tokenize_ms"] = tokenize_ms
+        return scores
 
-    def score_products(self, query: str, products: Sequence[Product]) -> Scores:
-        return self.score(query, [p.text(self.config.fields) for p in products])
+    def score_ids(
+        self, queries: Sequence[np.ndarray] | np.ndarray, products: Sequence[np.ndarray]
+    ) -> Scores:
+        """Score pairs given as token ids (no special tokens): one query's ids for all products,
+        or one per product; products' ids as stored with an index (:mod:`reranker.tokens`)."""
+        if isinstance(queries, np.ndarray):
+            queries = [queries] * len(products)
+        raw = np.zeros(len(products), dtype=np.float32)
+        timings = {"tokenize_ms": 0.0, "tensors_ms": 0.0, "inference_ms": 0.0, "post_ms": 0.0}
+        self.last_timings = timings
+        if not len(products):
+            return Scores(raw, raw.copy())
+        t0 = time.perf_counter()
+        order = np.argsort(self.pairs.pair_lengths(queries, products), kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            t1 = time.perf_counter()
+            idx = order[start : start + self.batch_size]
+            batch = self.pairs.build([queries[i] for i in idx], [products[i] for i in idx])
+            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            if "token_type_ids" in self.input_names:
+                feeds["token_type_ids"] = batch.token_type_ids
+            t2 = time.perf_counter()
+            logits = self.session.run(None, feeds)[0]
+            t3 = time.perf_counter()
+            raw[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx), -1)[:, 0]
+            timings["tensors_ms"] += (t2 - t1) * 1e3
+            timings["inference_ms"] += (t3 - t2) * 1e3
+        t4 = time.perf_counter()
+        probability = self._activate(raw)
+        sort_ms = (t4 - t0) * 1e3 - timings["tensors_ms"] - timings["inference_ms"]
+        timings["post_ms"] = sort_ms + (time.perf_counter() - t4) * 1e3
+        return Scores(raw, probability)
+
+    def score_products(
+        self, query: str, products: Sequence[Product], token_ids: Sequence[np.ndarray] | None = None
+    ) -> Scores:
+        """Score products for a query; ``token_ids``: their ids stored with the index (same
+        ``token_key``), which saves tokenising the product text."""
+        if token_ids is None:
+            return self.score(query, [p.text(self.config.fields) for p in products])
+        t0 = time.perf_counter()
+        q = self.query_ids(query)
+        tokenize_ms = (time.perf_counter() - t0) * 1e3
+        scores = self.score_ids(q, token_ids)
+        self.last_timings["tokenize_ms"] = tokenize_ms
+        return scores
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":

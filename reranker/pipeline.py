@@ -107,6 +107,10 @@ class SearchPipeline:
         self.reranker = reranker
         self.k = k
         self.n = n
+        #: Product token ids stored with the index for this model (None: tokenise product text).
+        self.product_tokens = None
+        if reranker is not None and hasattr(retriever, "tokens_for"):
+            self.product_tokens = retriever.tokens_for(reranker.token_key)
 
     def search(
         self, query: str, *, k: int | None = None, n: int | None = None, rerank: bool = True
@@ -139,7 +143,10 @@ class SearchPipeline:
 
     def _rerank(self, query: str, candidates: list[Candidate]) -> list[SearchResult]:
         assert self.reranker is not None
-        scores = self.reranker.score_products(query, [c.product for c in candidates])
+        ids = None
+        if self.product_tokens is not None and all(c.row is not None for c in candidates):
+            ids = self.product_tokens.rows([c.row for c in candidates])
+        scores = self.reranker.score_products(query, [c.product for c in candidates], ids)
         order = sorted(
             range(len(candidates)), key=lambda i: (-scores.raw[i], candidates[i].product.id)
         )

@@ -176,3 +176,35 @@ def test_index_dir_from_environment(run, tmp_path, catalog_csv):
     env = {"RERANKER_INDEX": str(tmp_path / "envidx"), "RERANKER_MODEL": ""}
     assert run("index", catalog_csv, "-q", env=env).exit_code == 0
     assert run("search", "hose", "--no-rerank", env=env).exit_code == 0
+
+
+def test_index_stores_token_ids_for_the_model(tmp_path, catalog_csv, tiny_model):
+    from click.testing import CliRunner
+
+    from reranker import BM25Index
+    from reranker.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    r = runner.invoke(
+        main, ["index", str(catalog_csv), "--index-dir", str(out), "-q", "--model", str(tiny_model)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "stored product token ids for model tiny-test-model" in r.output
+    assert BM25Index.load(out).product_tokens is not None
+    r = runner.invoke(
+        main,
+        [
+            "index",
+            str(catalog_csv),
+            "--index-dir",
+            str(out),
+            "-q",
+            "--model",
+            str(tiny_model),
+            "--no-tokens",
+            "--overwrite",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert BM25Index.load(out).product_tokens is None

@@ -59,7 +59,7 @@ def test_empty_list_and_very_long_query(tiny_model):
     scores = model.score(long, TEXTS)
     assert np.all(np.isfinite(scores.raw))
     # the product keeps at least half of the budget: the query is cut to max_length // 2 tokens
-    assert model._truncate_query(long) != long
+    assert len(model.query_ids(long)) == model.max_query_tokens
 
 
 def test_missing_directory(tmp_path):

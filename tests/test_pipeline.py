@@ -91,3 +91,41 @@ def test_source_checkout_imports_subpackages_without_an_install(tmp_path):
     """)
     env = dict(os.environ, PYTHONPATH="")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
+
+
+def test_index_with_stored_token_ids_gives_the_same_search(tmp_path, catalog_csv, tiny_model):
+    from reranker.index.build import index_catalog
+
+    model = CrossEncoder(tiny_model, variant="fp32")
+    index_catalog(catalog_csv, tmp_path / "with", model=model)
+    index_catalog(catalog_csv, tmp_path / "without")
+    with_ids = BM25Index.load(tmp_path / "with")
+    assert with_ids.tokens_for(model.token_key) is not None
+    assert BM25Index.load(tmp_path / "without").tokens_for(model.token_key) is None
+    fast = SearchPipeline(with_ids, model, k=20, n=20)
+    slow = SearchPipeline(BM25Index.load(tmp_path / "without"), model, k=20, n=20)
+    assert fast.product_tokens is not None and slow.product_tokens is None
+    for q in ("cordless drill", "garden hose", "white toilet seat"):
+        a, b = fast.search(q), slow.search(q)
+        assert [r.product_id for r in a.results] == [r.product_id for r in b.results]
+        assert [r.rerank_score for r in a.results] == pytest.approx(
+            [r.rerank_score for r in b.results], abs=1e-6
+        )
+
+
+def test_token_ids_of_another_model_are_not_used(tmp_path, catalog_csv, tiny_model):
+    import json
+
+    from reranker.index.build import index_catalog
+
+    other = tmp_path / "other-model"
+    import shutil
+
+    shutil.copytree(tiny_model, other)
+    cfg = json.loads((other / "reranker.json").read_text())
+    cfg["fields"] = ["brand"]  # reads different text: its stored ids would differ
+    (other / "reranker.json").write_text(json.dumps(cfg))
+    index_catalog(catalog_csv, tmp_path / "idx", model=CrossEncoder(other))
+    pipeline = SearchPipeline(BM25Index.load(tmp_path / "idx"), CrossEncoder(tiny_model))
+    assert pipeline.product_tokens is None
+    assert pipeline.search("cordless drill").reranked

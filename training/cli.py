@@ -300,19 +300,60 @@ def distill_cmd(
 )
 @click.option("--no-int8", is_flag=True, help="Write only the fp32 model.")
 @click.option("--per-channel", is_flag=True, help="Per-channel int8 weights.")
+@click.option(
+    "--full-graph",
+    is_flag=True,
+    help="Export the model as it is (default for BERT students: the last layer at [CLS] only).",
+)
+@click.option(
+    "--check-judged",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Judged pairs (e.g. dev) on which int8 rankings are compared with fp32; needs --catalog.",
+)
+@click.option("--catalog", type=click.Path(path_type=Path), default=None)
 @overwrite_option
-def export_cmd(model, output, max_length, fields, no_int8, per_channel, overwrite):
-    """Write the runtime's model directory (ONNX fp32 + int8) with a parity check."""
+def export_cmd(
+    model,
+    output,
+    max_length,
+    fields,
+    no_int8,
+    per_channel,
+    full_graph,
+    check_judged,
+    catalog,
+    overwrite,
+):
+    """Write the runtime's model directory (ONNX fp32 + int8) with parity checks: fp32 against
+    torch, and (with --check-judged) the int8 ranking against the fp32 one."""
     from reranker.training.export import export_model, trained_fields
 
+    fields = _fields(fields) if fields is not None else trained_fields(model)
+    groups = []
+    if check_judged is not None:
+        if catalog is None:
+            raise click.UsageError("--check-judged needs --catalog")
+        from reranker.training.data import catalog_texts
+        from reranker.training.evaluate import load_judged
+
+        texts = catalog_texts(catalog, fields)
+        judged = load_judged(check_judged)
+        groups = [
+            (q, [texts[p] for p in ids if p in texts])
+            for q, (ids, _) in judged.queries.items()
+            if len(ids) >= 2
+        ]
     out = export_model(
         model,
         output,
         max_length=max_length,
-        fields=_fields(fields) if fields is not None else trained_fields(model),
+        fields=fields,
         int8=not no_int8,
         per_channel=per_channel,
+        cls_only=not full_graph,
         overwrite=overwrite,
+        agreement_groups=groups,
         metadata={"name": Path(output).name},
     )
     parity = json.loads((out / "reranker.json").read_text())["metadata"]["parity"]

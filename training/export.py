@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reranker.crossencoder import CONFIG_FILE, CrossEncoder, ModelConfig
 from reranker.errors import ModelError
+from reranker.training import fastbert
 
 DEFAULT_PARITY_PAIRS = [
     ("cordless drill", "DEWALT 20-Volt Max Lithium-Ion Cordless Drill | brand: DEWALT"),
@@ -44,11 +45,19 @@ def export_model(
     fields: Sequence[str] = (),
     int8: bool = True,
     per_channel: bool = False,
+    cls_only: bool = True,
     overwrite: bool = False,
     metadata: dict | None = None,
     parity_pairs: Sequence[tuple[str, str]] = DEFAULT_PARITY_PAIRS,
+    agreement_groups: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> Path:
-    """Export a fine-tuned cross-encoder for serving; returns the model directory."""
+    """Export a fine-tuned cross-encoder for serving; returns the model directory.
+
+    ``cls_only``: for BERT-family models, export the graph of :mod:`fastbert` (the last layer
+    computed at ``[CLS]`` only; same scores, less work). ``agreement_groups``: (query, product
+    texts) lists, e.g. the judged products of dev queries, on which the int8 model's ranking is
+    compared with the fp32 one's; the figures are printed by the CLI and stored in the config.
+    """
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -74,9 +83,13 @@ def export_model(
         )
         names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in sample]
         dynamic = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+        graph = model
+        cls_only = cls_only and fastbert.supports(model) and "token_type_ids" in names
+        if cls_only:
+            graph = fastbert.ClsOnlyBert(model).eval()
         with torch.no_grad():
             torch.onnx.export(
-                model,
+                graph,
                 tuple(sample[n] for n in names),
                 str(tmp / "model.onnx"),
                 input_names=names,
@@ -103,7 +116,7 @@ def export_model(
             files=files,
             default_variant="int8" if int8 else "fp32",
             pad_token_id=int(tokenizer.pad_token_id or 0),
-            metadata=dict(metadata or {}),
+            metadata=dict(metadata or {}, graph="cls-only last layer" if cls_only else "full"),
         )
         (tmp / CONFIG_FILE).write_text(config.to_json())
 
@@ -115,7 +128,12 @@ def export_model(
             with torch.no_grad():
                 ref = model(**enc).logits[0, 0].item()
             diffs.append(abs(float(runtime.score(q, [t]).raw[0]) - ref))
-        meta = dict(config.metadata, parity={"fp32_vs_torch_max_abs_diff": float(np.max(diffs))})
+        parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
+        if int8 and agreement_groups:
+            parity["int8_vs_fp32"] = ranking_agreement(
+                runtime, CrossEncoder(tmp, variant="int8"), agreement_groups
+            )
+        meta = dict(config.metadata, parity=parity)
         config = ModelConfig(**{**config.__dict__, "metadata": meta})
         (tmp / CONFIG_FILE).write_text(config.to_json())
 
@@ -124,3 +142,27 @@ def export_model(
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(tmp, out)
     return out
+
+
+def ranking_agreement(reference, other, groups: Sequence[tuple[str, Sequence[str]]]) -> dict:
+    """How closely ``other`` ranks like ``reference`` (two runtime models) over query groups:
+    the fraction of product pairs ordered the same way (ties in either count 0.5), the fraction
+    of queries with the same top product, and the largest raw-score difference."""
+    same, pairs, top1, diff = 0.0, 0, 0, 0.0
+    for query, texts in groups:
+        a = reference.score(query, texts).raw.astype(np.float64)
+        b = other.score(query, texts).raw.astype(np.float64)
+        diff = max(diff, float(np.max(np.abs(a - b))))
+        top1 += int(np.argmax(a) == np.argmax(b))
+        da = np.sign(a[:, None] - a[None, :])
+        db = np.sign(b[:, None] - b[None, :])
+        upper = np.triu_indices(len(texts), 1)
+        agree = np.where((da == 0) | (db == 0), 0.5, (da == db).astype(np.float64))[upper]
+        same += float(agree.sum())
+        pairs += len(agree)
+    return {
+        "queries": len(groups),
+        "pair_agreement": same / pairs if pairs else None,
+        "top1_agreement": top1 / len(groups) if groups else None,
+        "max_abs_diff": diff,
+    }
