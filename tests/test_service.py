@@ -220,3 +220,42 @@ def test_reranker_serve_binds_loopback_and_answers(serve_process):
     proc.terminate()
     _, err = proc.communicate(timeout=10)
     assert f"serving on {url}" in err
+
+
+def test_deadline_reranks_as_many_as_fit_and_keeps_the_rest_in_order(tiny_model):
+    model = CrossEncoder(tiny_model, variant="fp32")
+    app = create_app(model, None, ServiceSettings(deadline_ms=500))
+    # freeze the learnt cost: 100 ms a pair leaves room for 0.8 * 500 / 100 = 4 documents
+    model.latency.fixed_ms, model.latency.per_pair_ms, model.latency.alpha = 0.0, 100.0, 0.0
+    docs = DOCS + ["Hammer", "Saw"]
+    with TestClient(app) as c:
+        body = c.post("/rerank", json={"query": "cordless drill", "documents": docs}).json()
+        assert body["reranked"] is True and body["reranked_k"] in (3, 4)
+        k = body["reranked_k"]
+        order = [x["index"] for x in body["results"]]
+        assert sorted(order[:k]) == list(range(k)) and order[k:] == list(range(k, len(docs)))
+        assert all(x.get("relevance_score") is None for x in body["results"][k:])
+        raw = model.score("cordless drill", docs[:k]).raw
+        assert order[:k] == list(np.argsort(-raw, kind="stable"))
+        tight = c.post("/rerank", json={"query": "drill", "documents": docs, "deadline_ms": 50})
+        assert tight.json()["reranked"] is False  # no document fits: first-stage order
+        assert "no candidate could be scored within the 50 ms deadline" in tight.text
+    with client(model, deadline_ms=500, adaptive=False) as c:
+        body = c.post("/rerank", json={"query": "cordless drill", "documents": docs}).json()
+        assert body["reranked_k"] == len(docs)
+
+
+def test_search_uses_product_token_ids_stored_with_the_index(tmp_path, catalog_csv, tiny_model):
+    from reranker.index.build import index_catalog
+
+    model = CrossEncoder(tiny_model, variant="fp32")
+    index_catalog(catalog_csv, tmp_path / "idx", model=model)
+    index = BM25Index.load(tmp_path / "idx")
+    with client(model, index, k=20, n=20) as c:
+        body = c.post("/search", json={"query": "cordless drill"}).json()
+    assert body["reranked"] and body["reranked_k"] == body["candidates"]
+    cands = index.retrieve("cordless drill", 20)
+    raw = model.score_products("cordless drill", [c.product for c in cands]).raw
+    by_id = {c.product.id: float(s) for c, s in zip(cands, raw, strict=True)}
+    for r in body["results"]:
+        assert r["rerank_score"] == pytest.approx(by_id[r["product_id"]], abs=1e-5)

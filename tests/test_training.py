@@ -84,3 +84,77 @@ def test_report_table_and_plot(tmp_path):
     assert "| student-L6-listwise-aug100 | 100 | 0.8800 | 0.6200 |" in text
     plot(fixed, students, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def tiny_decoder_llm(out, tokenizer_dir):
+    """A random 2-layer Llama (a decoder LLM) with the tiny test vocabulary."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_lora_teacher_on_a_decoder_llm(tmp_path, judged_file, catalog_csv, tiny_hf_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from reranker.training.label import TorchScorer
+    from reranker.training.teacher import TeacherArgs, train_teacher
+
+    base = tiny_decoder_llm(tmp_path / "llm", tiny_hf_model)
+    before = AutoModelForSequenceClassification.from_pretrained(base).state_dict()
+    out = train_teacher(
+        TeacherArgs(
+            model=str(base),
+            train=str(judged_file),
+            catalog=str(catalog_csv),
+            output=str(tmp_path / "teacher"),
+            batch_size=4,
+            lr=1e-2,
+            epochs=2,
+            max_length=32,
+            lora_r=4,
+        )
+    )
+    merged = AutoModelForSequenceClassification.from_pretrained(out)  # a plain model: merged
+    after = merged.state_dict()
+    assert not any("lora" in k for k in after)
+    moved = [k for k in before if not np.allclose(before[k].numpy(), after[k].numpy())]
+    assert any("q_proj" in k for k in moved) and any(k.startswith("score") for k in moved)
+    assert json.loads((out / "teacher_args.json").read_text())["lora_r"] == 4
+    scores = TorchScorer(str(out))(["cordless drill"] * 2, ["Cordless Drill", "Garden Hose"])
+    assert np.all(np.isfinite(scores))
+
+
+def test_teacher_keeps_the_first_layers(tmp_path, judged_file, catalog_csv, tiny_hf_model):
+    from transformers import AutoConfig
+
+    from reranker.errors import RerankerError
+    from reranker.training.teacher import TeacherArgs, train_teacher
+
+    args = TeacherArgs(
+        model=str(tiny_hf_model),
+        train=str(judged_file),
+        catalog=str(catalog_csv),
+        output=str(tmp_path / "control"),
+        batch_size=4,
+        max_length=32,
+        layers=1,
+    )
+    out = train_teacher(args)
+    assert AutoConfig.from_pretrained(out).num_hidden_layers == 1
+    args.layers, args.output = 7, str(tmp_path / "bad")
+    with pytest.raises(RerankerError, match=r"--layers must be 1..2, not 7"):
+        train_teacher(args)

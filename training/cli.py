@@ -68,6 +68,13 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an ex
     show_default=True,
     help="Resumable checkpoint interval; rerunning the command resumes.",
 )
+@click.option("--layers", type=int, help="Keep only the first N transformer layers.")
+@click.option(
+    "--lora-r",
+    type=int,
+    help="Train LoRA adapters of this rank (peft) instead of every weight, for large decoder "
+    "LLMs; the adapters are merged into the saved model.",
+)
 def train_teacher_cmd(
     model,
     train,
@@ -84,6 +91,8 @@ def train_teacher_cmd(
     seed,
     threads,
     checkpoint_minutes,
+    layers,
+    lora_r,
 ):
     """Fine-tune a relevance classifier with soft targets (BCE on graded labels in [0, 1])."""
     from reranker.training.teacher import TeacherArgs, train_teacher
@@ -105,6 +114,8 @@ def train_teacher_cmd(
             seed=seed,
             threads=threads,
             checkpoint_minutes=checkpoint_minutes,
+            layers=layers,
+            lora_r=lora_r,
         )
     )
     click.echo(f"teacher written to {out}")
@@ -186,8 +197,11 @@ def augment_cmd(index_dir, train, exclude, output, per_query, synthetic_queries,
     show_default=True,
     help="Pairs per shard; a killed run resumes at the first unfinished shard.",
 )
+@click.option("--variant", help="ONNX variant of a runtime teacher (fp32, int8; default: fp32).")
 @overwrite_option
-def label_cmd(pairs, teacher, catalog, output, fields, backend, max_length, shard_size, overwrite):
+def label_cmd(
+    pairs, teacher, catalog, output, fields, backend, max_length, shard_size, variant, overwrite
+):
     """Score a pair file with the teacher (resumable)."""
     from reranker.training.label import label_pairs
 
@@ -198,6 +212,7 @@ def label_cmd(pairs, teacher, catalog, output, fields, backend, max_length, shar
         output,
         fields=None if fields is None else _fields(fields),
         backend=backend,
+        variant=variant or "fp32",
         max_length=max_length,
         shard_size=shard_size,
         overwrite=overwrite,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from reranker.errors import RerankerError
 from reranker.training.data import catalog_texts, read_pairs
 from reranker.training.losses import ListwiseMarginMSELoss
+from reranker.training.teacher import keep_layers
 
 LOSSES = ("triples", "listwise")
 
@@ -122,11 +123,7 @@ def load_student(args: DistillArgs):
         args.student or default_student(), num_labels=1, max_length=args.max_length
     )
     if args.layers is not None:
-        encoder = model.model.base_model.encoder
-        if not 1 <= args.layers <= len(encoder.layer):
-            raise RerankerError(f"--layers must be 1..{len(encoder.layer)}, not {args.layers}")
-        encoder.layer = encoder.layer[: args.layers]
-        model.model.config.num_hidden_layers = args.layers
+        keep_layers(model.model, args.layers)
     return model
 
 

@@ -116,7 +116,11 @@ def export_model(
             files=files,
             default_variant="int8" if int8 else "fp32",
             pad_token_id=int(tokenizer.pad_token_id or 0),
-            metadata=dict(metadata or {}, graph="cls-only last layer" if cls_only else "full"),
+            metadata=dict(
+                metadata or {},
+                graph="cls-only last layer" if cls_only else "full",
+                architecture=architecture(model.config),
+            ),
         )
         (tmp / CONFIG_FILE).write_text(config.to_json())
 
@@ -142,6 +146,17 @@ def export_model(
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(tmp, out)
     return out
+
+
+def architecture(config) -> dict:
+    """The shape figures a benchmark needs to count a model's arithmetic."""
+    return {
+        "model_type": config.model_type,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "intermediate": config.intermediate_size,
+        "heads": config.num_attention_heads,
+    }
 
 
 def ranking_agreement(reference, other, groups: Sequence[tuple[str, Sequence[str]]]) -> dict:

@@ -74,16 +74,3 @@ class ClsOnlyBert(nn.Module):
         if self.pooler is not None:
             cls = torch.tanh(self.pooler.dense(cls))
         return self.classifier(cls)
-
-
-def matmul_flops(config, lengths, cls_only: bool = True) -> int:
-    """Multiply-adds × 2 of a BERT cross-encoder over sequences of the given lengths (the matrix
-    products only: projections, attention, feed-forward, pooler, classifier)."""
-    hid, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    total = 0
-    for n in lengths:
-        full = n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid
-        last = n * 2 * hid * hid + (2 * hid * hid + 2 * hid * inter) + 2 * n * hid
-        total += (layers - 1) * full + (last if cls_only else full)
-        total += hid * hid + hid  # pooler + classifier
-    return 2 * total

@@ -97,6 +97,7 @@ def label_pairs(
     *,
     fields: Sequence[str] | None = None,
     backend: str = "auto",
+    variant: str | None = None,
     max_length: int = 64,
     shard_size: int = 2048,
     overwrite: bool = False,
@@ -125,6 +126,7 @@ def label_pairs(
         "pairs_sha256": sha256_file(pairs_path),
         "teacher": str(teacher.resolve()),
         "backend": backend,
+        "variant": variant,
         "fields": list(fields),
         "max_length": max_length,
         "shard_size": shard_size,
@@ -151,7 +153,11 @@ def label_pairs(
     todo = [i for i in range(n_shards) if i not in done]
     texts = catalog_texts(str(catalog), list(fields)) if todo else {}
     scorer = (
-        (OnnxScorer(str(teacher)) if backend == "onnx" else TorchScorer(str(teacher), max_length))
+        (
+            OnnxScorer(str(teacher), variant)
+            if backend == "onnx"
+            else TorchScorer(str(teacher), max_length)
+        )
         if todo
         else None
     )

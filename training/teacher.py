@@ -41,14 +41,53 @@ class TeacherArgs:
     relevance_range: tuple[float, float] = (1.0, 3.0)
     checkpoint_minutes: float = 10.0
     threads: int | None = None
+    layers: int | None = None  # keep only the first N transformer layers
+    lora_r: int | None = None  # train LoRA adapters of this rank (peft) instead of every weight
 
 
-def _load_model(path: str):
+def keep_layers(model, n: int) -> None:
+    """Keep the first ``n`` transformer layers of a Hugging Face model (encoders: BERT, MPNet;
+    decoders: Llama-style ``model.layers``)."""
+    from reranker.errors import RerankerError
+
+    base = model.base_model
+    owner, name = (base.encoder, "layer") if hasattr(base, "encoder") else (base, "layers")
+    stack = getattr(owner, name, None)
+    if stack is None:
+        raise RerankerError(f"cannot find the layer stack of a {type(model).__name__}")
+    if not 1 <= n <= len(stack):
+        raise RerankerError(f"--layers must be 1..{len(stack)}, not {n}")
+    setattr(owner, name, stack[:n])
+    model.config.num_hidden_layers = n
+
+
+def _load_model(path: str, args: TeacherArgs | None = None, adapter: Path | None = None):
+    """Tokenizer and model; with ``args.lora_r`` the model is wrapped in LoRA adapters (new, or
+    ``adapter``'s when resuming)."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, classify the last real token
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    if args is not None and args.layers:
+        keep_layers(model, args.layers)
+    if args is not None and args.lora_r:
+        from reranker._extras import require
+
+        require("peft", "train")
+        from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        else:
+            config = LoraConfig(
+                task_type=TaskType.SEQ_CLS,  # the classification head stays fully trainable
+                r=args.lora_r,
+                lora_alpha=2 * args.lora_r,
+                lora_dropout=0.05,
+                target_modules="all-linear",
+            )
+            model = get_peft_model(model, config)
     return tokenizer, model
 
 
@@ -68,7 +107,10 @@ def train_teacher(args: TeacherArgs) -> Path:
     total_steps = len(batches) * args.epochs
 
     start_from = ckpt if (ckpt / "state.pt").exists() else None
-    tokenizer, model = _load_model(str(start_from or args.model))
+    if args.lora_r:  # a LoRA checkpoint holds the adapters; the base weights are args.model's
+        tokenizer, model = _load_model(args.model, args, adapter=start_from)
+    else:
+        tokenizer, model = _load_model(str(start_from or args.model), args)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup_steps = int(total_steps * args.warmup)
 
@@ -119,9 +161,14 @@ def train_teacher(args: TeacherArgs) -> Path:
             _save(model, tokenizer, ckpt, optimizer, scheduler, step)
             last_save = time.monotonic()
     bar.close()
+    if args.lora_r:  # a plain model for export and labelling: adapters merged into the weights
+        model = model.merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    meta = asdict(args) | {"steps": step, "final_loss_last100": float(np.mean(losses[-100:]))}
+    meta = asdict(args) | {
+        "steps": step,
+        "final_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+    }
     (out / "teacher_args.json").write_text(json.dumps(meta, indent=2))
     return out
 

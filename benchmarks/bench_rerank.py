@@ -1,0 +1,343 @@
+"""Rerank latency, arithmetic efficiency and quality of student variants, beside torch.
+
+    python benchmarks/bench_rerank.py --queries ../shared/data/homedepot/dev.parquet \\
+        --judged ../shared/data/homedepot/dev.parquet \\
+        --model MODEL_DIR[=HF_DIR] ... [--stand-in 2:title:48 ...] --json out.json --plot out.png
+
+For each runtime model directory (``reranker export``) and each of its variants (fp32, int8), on
+the demo catalog with the first stage's top-k of dev queries (product token ids stored as
+``reranker index --model`` stores them):
+
+- rerank latency (query tokenisation + inputs + inference + scores) for k in --ks, after warm-up;
+- the time breakdown of a query at k=100 (tokenise, build tensors, inference, post-processing);
+- the model's matrix arithmetic per query (counted from the pair lengths and the architecture
+  stored in its config) divided by the measured time, against the peak of a large fp32 / int8
+  matrix product measured in the same run (ONNX Runtime, same threads);
+- with HF_DIR: sentence-transformers' ``CrossEncoder.predict`` (torch fp32, its own batching) on
+  the same weights and candidates, and the speed-up;
+- with --judged: dev NDCG@10 and pair accuracy of every variant (and of the torch model), which
+  makes the quality-vs-latency frontier (--plot).
+
+``--stand-in LAYERS:FIELDS:MAX_LENGTH`` adds all-MiniLM-L6-v2 truncated to LAYERS with an
+untrained head (latency only; FIELDS ``title`` or ``title+brand+color+material``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from _common import matmul_flops, stand_in_hf, stand_in_model
+
+from reranker import BM25Index, CrossEncoder
+from reranker.catalog import read_catalog
+from reranker.tokens import ProductTokens
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+# --------------------------------------------------------------------------- machine peak
+def measure_peak(threads: int, seconds: float = 2.0) -> dict:
+    """GFLOP/s (fp32 MatMul) and GOP/s (int8 MatMulInteger, u8 × s8) of ONNX Runtime on large
+    products, best of a few shapes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def graph(op, a_type, b_type, out_type):
+        a = helper.make_tensor_value_info("a", a_type, ["m", "k"])
+        b = helper.make_tensor_value_info("b", b_type, ["k", "n"])
+        y = helper.make_tensor_value_info("y", out_type, ["m", "n"])
+        g = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "peak", [a, b], [y])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString()
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sessions = {
+        "fp32": ort.InferenceSession(
+            graph("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT), opts
+        ),
+        "int8": ort.InferenceSession(
+            graph("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32), opts
+        ),
+    }
+    rng = np.random.default_rng(0)
+    out = {}
+    for fmt, sess in sessions.items():
+        best = 0.0
+        for m, k, n in ((4096, 1024, 1024), (2048, 384, 1536), (2048, 1536, 384)):
+            if fmt == "fp32":
+                a = rng.standard_normal((m, k), dtype=np.float32)
+                b = rng.standard_normal((k, n), dtype=np.float32)
+            else:
+                a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+                b = rng.integers(-127, 127, (k, n), dtype=np.int8)
+            sess.run(None, {"a": a, "b": b})
+            runs, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds / 3:
+                sess.run(None, {"a": a, "b": b})
+                runs += 1
+            best = max(best, 2 * m * k * n * runs / (time.perf_counter() - t0) / 1e9)
+        out[fmt] = best
+    return out
+
+
+# --------------------------------------------------------------------------- models
+def rerank_latency(model, tokens, rows_per_query, queries, ks, warmup) -> dict:
+    arch = model.config.metadata.get("architecture")
+    cls_only = model.config.metadata.get("graph") == "cls-only last layer"
+    for q, rows in list(zip(queries, rows_per_query, strict=True))[:warmup]:
+        model.score_ids(model.query_ids(q), tokens.rows(rows[:100]))
+    out = {}
+    for k in ks:
+        times, flops, parts = [], 0, {}
+        for q, rows in zip(queries, rows_per_query, strict=True):
+            cand = tokens.rows(rows[:k])
+            t0 = time.perf_counter()
+            t_q = time.perf_counter()
+            qids = model.query_ids(q)
+            tok_ms = (time.perf_counter() - t_q) * 1e3
+            model.score_ids(qids, cand)
+            times.append(time.perf_counter() - t0)
+            for name, ms in (model.last_timings | {"tokenize_ms": tok_ms}).items():
+                parts.setdefault(name, []).append(ms)
+            if arch:
+                flops += matmul_flops(
+                    arch, model.pairs.pair_lengths([qids] * len(cand), cand), cls_only=cls_only
+                )
+        row = {
+            "p50_ms": percentile(times, 50),
+            "p99_ms": percentile(times, 99),
+            "mean_ms": float(np.mean(times) * 1e3),
+            "pairs_per_s": float(sum(min(k, len(r)) for r in rows_per_query) / sum(times)),
+            "breakdown_mean_ms": {n: float(np.mean(v)) for n, v in parts.items()},
+        }
+        if arch:
+            row["gflop_per_query"] = flops / len(times) / 1e9
+            row["achieved_gflops"] = flops / sum(times) / 1e9
+        out[k] = row
+    return out
+
+
+def torch_latency(hf_dir, max_length, texts_per_query, queries, ks, threads, warmup) -> dict:
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+
+    torch.set_num_threads(threads)
+    st = STCrossEncoder(str(hf_dir), num_labels=1, max_length=max_length, device="cpu")
+    for q, texts in list(zip(queries, texts_per_query, strict=True))[:warmup]:
+        st.predict([(q, t) for t in texts[:100]], batch_size=32, show_progress_bar=False)
+    out = {}
+    for k in ks:
+        times = []
+        for q, texts in zip(queries, texts_per_query, strict=True):
+            t0 = time.perf_counter()
+            st.predict([(q, t) for t in texts[:k]], batch_size=32, show_progress_bar=False)
+            times.append(time.perf_counter() - t0)
+        out[k] = {
+            "p50_ms": percentile(times, 50),
+            "p99_ms": percentile(times, 99),
+            "mean_ms": float(np.mean(times) * 1e3),
+        }
+    return out, st
+
+
+def quality(judged_path, catalog_texts, fields, scorer) -> dict:
+    from reranker.training.evaluate import evaluate, load_judged
+
+    judged = load_judged(judged_path)
+    m = evaluate(judged, lambda q, ids: scorer(q, [catalog_texts(p, fields) for p in ids]))
+    return {"ndcg10": m.ndcg10, "pair_accuracy": m.pair_accuracy, "queries": m.queries}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--catalog", default="demo/products.parquet")
+    ap.add_argument("--queries", required=True, help="Parquet file with a 'query' column (dev)")
+    ap.add_argument("--judged", help="judged pairs for dev NDCG@10 / pair accuracy")
+    ap.add_argument("--model", action="append", default=[], help="MODEL_DIR[=HF_DIR]")
+    ap.add_argument("--stand-in", action="append", default=[], help="LAYERS:FIELDS:MAX_LENGTH")
+    ap.add_argument("--ks", default="10,50,100,200")
+    ap.add_argument("--n-queries", type=int, default=300)
+    ap.add_argument("--torch-queries", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    ks = [int(k) for k in args.ks.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-rerank-"))
+    models: list[tuple[Path, Path | None]] = []
+    for spec in args.model:
+        onnx_dir, _, hf = spec.partition("=")
+        models.append((Path(onnx_dir), Path(hf) if hf else None))
+    for spec in args.stand_in:
+        layers, fields, max_length = spec.split(":")
+        extra = tuple(f for f in fields.split("+") if f != "title")
+        models.append(
+            (
+                stand_in_model(work, int(layers), extra, int(max_length)),
+                stand_in_hf(work, int(layers)),
+            )
+        )
+
+    catalog = read_catalog(args.catalog)
+    index = BM25Index.build(catalog)
+    by_id = {p.id: p for p in catalog.products}
+    rng = np.random.default_rng(0)
+    all_q = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
+    picked = [all_q[i] for i in rng.permutation(len(all_q))]
+    queries, rows_per_query = [], []
+    for q in picked:
+        cands = index.retrieve(q, max(ks))
+        if len(cands) >= max(ks):  # every query reranks exactly k candidates
+            queries.append(q)
+            rows_per_query.append([c.row for c in cands])
+        if len(queries) == args.n_queries:
+            break
+
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}",
+        "threads": args.threads,
+        "queries": len(queries),
+        "catalog": args.catalog,
+        "peak": measure_peak(args.threads),
+        "models": [],
+    }
+    print(
+        f"peak: fp32 {result['peak']['fp32']:.1f} GFLOP/s, int8 {result['peak']['int8']:.1f} GOP/s"
+    )
+    for onnx_dir, hf_dir in models:
+        probe = CrossEncoder(onnx_dir)
+        texts = [p.text(probe.config.fields) for p in index.products_at(np.arange(len(index)))]
+        tokens = ProductTokens.build(probe.pairs, texts, probe.token_key)
+        entry = {"model": probe.name, "dir": str(onnx_dir), "variants": {}}
+        for variant in probe.config.files:
+            model = CrossEncoder(onnx_dir, variant=variant, threads=args.threads)
+            print(f"{probe.name} {variant} ...", flush=True)
+            lat = rerank_latency(model, tokens, rows_per_query, queries, ks, args.warmup)
+            fmt = "int8" if "int8" in variant else "fp32"
+            for row in lat.values():
+                if "achieved_gflops" in row:
+                    row["efficiency_vs_peak"] = row["achieved_gflops"] / result["peak"][fmt]
+            v = {"latency": lat}
+            if args.judged:
+                v["quality"] = quality(
+                    args.judged,
+                    lambda p, f: by_id[p].text(f),
+                    model.config.fields,
+                    lambda q, t, m=model: m.score(q, t).raw,
+                )
+            entry["variants"][variant] = v
+        if hf_dir is not None:
+            print(f"{probe.name} torch (sentence-transformers) ...", flush=True)
+            n = args.torch_queries
+            tq = [
+                [by_id[index.ids[r]].text(probe.config.fields) for r in rows]
+                for rows in rows_per_query[:n]
+            ]
+            lat, st = torch_latency(
+                hf_dir,
+                probe.config.max_length,
+                tq,
+                queries[:n],
+                ks,
+                args.threads,
+                min(args.warmup, 5),
+            )
+            entry["torch"] = {"latency": lat, "queries": n}
+            if args.judged:
+                entry["torch"]["quality"] = quality(
+                    args.judged,
+                    lambda p, f: by_id[p].text(f),
+                    probe.config.fields,
+                    lambda q, t, st=st: st.predict(
+                        [(q, x) for x in t], batch_size=32, show_progress_bar=False
+                    ),
+                )
+        result["models"].append(entry)
+        print_entry(entry, result["peak"])
+
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    if args.plot:
+        plot(result, args.plot)
+
+
+def print_entry(entry, peak) -> None:
+    print(f"\n{entry['model']}")
+    print("| variant | k | p50 ms | p99 ms | pairs/s | GFLOP/query | GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant, v in entry["variants"].items():
+        for k, r in v["latency"].items():
+            print(
+                f"| {variant} | {k} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['pairs_per_s']:.0f} | {r.get('gflop_per_query', float('nan')):.2f} | "
+                f"{r.get('achieved_gflops', float('nan')):.1f} | "
+                f"{100 * r.get('efficiency_vs_peak', float('nan')):.0f}% |"
+            )
+    if "torch" in entry:
+        for k, r in entry["torch"]["latency"].items():
+            print(f"| torch (ST predict) | {k} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | | | | |")
+    for variant, v in entry["variants"].items():
+        b = v["latency"].get(100, {}).get("breakdown_mean_ms")
+        if b:
+            print(
+                f"breakdown k=100 {variant}: " + ", ".join(f"{n} {ms:.2f}" for n, ms in b.items())
+            )
+        if "quality" in v:
+            print(
+                f"dev {variant}: NDCG@10 {v['quality']['ndcg10']:.4f}, "
+                f"pair accuracy {v['quality']['pair_accuracy']:.4f}"
+            )
+    if "torch" in entry and "quality" in entry["torch"]:
+        q = entry["torch"]["quality"]
+        print(f"dev torch: NDCG@10 {q['ndcg10']:.4f}, pair accuracy {q['pair_accuracy']:.4f}")
+
+
+def plot(result, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for metric, ax in zip(("pair_accuracy", "ndcg10"), axes, strict=True):
+        for entry in result["models"]:
+            for variant, v in entry["variants"].items():
+                if "quality" not in v:
+                    continue
+                lat = v["latency"]
+                x = (lat[100] if 100 in lat else lat["100"])["p50_ms"]
+                ax.scatter(x, v["quality"][metric], marker="o" if variant == "int8" else "s")
+                ax.annotate(
+                    f"{entry['model']} {variant}",
+                    (x, v["quality"][metric]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.axvline(30, color="grey", linestyle=":", label="30 ms target")
+        ax.set_xscale("log")
+        ax.set_xlabel("rerank p50 at k=100 (ms, log)")
+        ax.set_ylabel(f"dev {metric}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
