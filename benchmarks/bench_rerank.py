@@ -154,6 +154,109 @@ def torch_latency(hf_dir, max_length, texts_per_query, queries, ks, threads, war
     return out, st
 
 
+def variant_dir(model_dir: Path, work: Path, name: str, make) -> Path:
+    """A copy of a model directory with one more ONNX file, ``make(fp32_path, out_path)``."""
+    import shutil
+
+    out = work / f"{model_dir.name}-{name}"
+    if not out.exists():
+        shutil.copytree(model_dir, out)
+        make(out / "model.onnx", out / f"model.{name}.onnx")
+        cfg = json.loads((out / "reranker.json").read_text())
+        cfg["files"] = {name: f"model.{name}.onnx"}
+        cfg["default_variant"] = name
+        (out / "reranker.json").write_text(json.dumps(cfg))
+    return out
+
+
+def per_channel_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+
+
+def fused(src: Path, dst: Path, int8: bool = False) -> None:
+    """onnxruntime.transformers' BERT fusions (LayerNorm, GELU, attention where it matches)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    arch = json.loads((src.parent / "reranker.json").read_text())["metadata"]["architecture"]
+    opt = optimize_model(
+        str(src), model_type="bert", num_heads=arch["heads"], hidden_size=arch["hidden"]
+    )
+    opt.save_model_to_file(str(dst))
+    if int8:
+        from onnx import TensorProto
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            dst,
+            dst,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+
+
+def sweep(model_dir, work, tokens, rows_per_query, queries, threads, warmup) -> list[dict]:
+    """Runtime levers on one model at k=100: session options, batch size, quantisation."""
+    cases = [
+        ("int8, defaults (all optimisations, arena, batch 32)", model_dir, "int8", {}, 32),
+        ("fp32, defaults", model_dir, "fp32", {}, 32),
+        (
+            "int8, graph optimisation basic",
+            model_dir,
+            "int8",
+            {"graph_optimization_level": "basic"},
+            32,
+        ),
+        (
+            "int8, graph optimisation disabled",
+            model_dir,
+            "int8",
+            {"graph_optimization_level": "disable"},
+            32,
+        ),
+        ("int8, memory arena off", model_dir, "int8", {"enable_cpu_mem_arena": False}, 32),
+        ("int8, 1 intra-op thread", model_dir, "int8", {"intra_op_num_threads": 1}, 32),
+        ("int8, batch 16", model_dir, "int8", {}, 16),
+        ("int8, batch 64", model_dir, "int8", {}, 64),
+        ("int8, one batch of 100", model_dir, "int8", {}, 100),
+        (
+            "int8 per-channel",
+            variant_dir(model_dir, work, "int8pc", per_channel_int8),
+            "int8pc",
+            {},
+            32,
+        ),
+        (
+            "fp32 + ORT transformer fusions",
+            variant_dir(model_dir, work, "fused", fused),
+            "fused",
+            {},
+            32,
+        ),
+        (
+            "int8 + ORT transformer fusions",
+            variant_dir(model_dir, work, "fusedint8", lambda a, b: fused(a, b, int8=True)),
+            "fusedint8",
+            {},
+            32,
+        ),
+    ]
+    out = []
+    for label, path, variant, options, batch in cases:
+        options = {"intra_op_num_threads": threads} | options
+        try:
+            path = path() if callable(path) else path
+            model = CrossEncoder(path, variant=variant, batch_size=batch, session_options=options)
+        except Exception as exc:  # a lever that does not apply is reported, not fatal
+            out.append({"case": label, "error": str(exc).splitlines()[0][:200]})
+            continue
+        lat = rerank_latency(model, tokens, rows_per_query, queries, [100], warmup)[100]
+        out.append({"case": label, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]})
+        print(f"  {label}: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms", flush=True)
+    return out
+
+
 def quality(judged_path, catalog_texts, fields, scorer) -> dict:
     from reranker.training.evaluate import evaluate, load_judged
 
@@ -174,6 +277,7 @@ def main() -> None:
     ap.add_argument("--torch-queries", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--sweep", action="store_true", help="runtime levers on the first model")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -270,6 +374,11 @@ def main() -> None:
                 )
         result["models"].append(entry)
         print_entry(entry, result["peak"])
+        if args.sweep and len(result["models"]) == 1:
+            print("runtime levers at k=100:")
+            result["sweep"] = sweep(
+                onnx_dir, work, tokens, rows_per_query, queries, args.threads, args.warmup
+            )
 
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))

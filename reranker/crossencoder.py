@@ -104,7 +104,11 @@ class CrossEncoder:
         variant: str | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        session_options: dict | None = None,
     ) -> None:
+        """``session_options``: onnxruntime ``SessionOptions`` attributes to set (e.g.
+        ``{"enable_cpu_mem_arena": False}``; ``graph_optimization_level`` as one of
+        ``disable``, ``basic``, ``extended``, ``all``), for tuning and benchmarks."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -147,6 +151,18 @@ class CrossEncoder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
         opts.inter_op_num_threads = 1
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        for name, value in (session_options or {}).items():
+            if name == "graph_optimization_level":
+                value = levels[value]
+            if not hasattr(opts, name):
+                raise ModelError(f"onnxruntime SessionOptions has no {name!r}")
+            setattr(opts, name, value)
         try:
             self.session = ort.InferenceSession(
                 str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]

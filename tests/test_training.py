@@ -158,3 +158,65 @@ def test_teacher_keeps_the_first_layers(tmp_path, judged_file, catalog_csv, tiny
     args.layers, args.output = 7, str(tmp_path / "bad")
     with pytest.raises(RerankerError, match=r"--layers must be 1..2, not 7"):
         train_teacher(args)
+
+
+def test_ship_installs_the_int8_model_with_its_card(tmp_path, tiny_model, monkeypatch):
+    from reranker import CrossEncoder
+    from reranker.errors import ModelError
+    from reranker.training import ship
+
+    out = ship.ship(tiny_model, tmp_path / "default", "# card\n")
+    model = CrossEncoder(out)
+    assert model.variant == "int8" and set(model.config.files) == {"int8"}
+    assert (out / "MODEL_CARD.md").read_text() == "# card\n"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "MODEL_CARD.md",
+        "model.int8.onnx",
+        "reranker.json",
+        "tokenizer.json",
+    ]
+    monkeypatch.setattr(ship, "MAX_MB", 0.0001)
+    with pytest.raises(ModelError, match=r"must be at most 0.0001 MB"):
+        ship.ship(tiny_model, tmp_path / "too-big", "# card\n")
+
+
+def test_lora_teacher_resumes_from_its_adapter_checkpoint(
+    tmp_path, judged_file, catalog_csv, tiny_hf_model, monkeypatch
+):
+    from reranker.training import teacher
+
+    base = tiny_decoder_llm(tmp_path / "llm", tiny_hf_model)
+    args = teacher.TeacherArgs(
+        model=str(base),
+        train=str(judged_file),
+        catalog=str(catalog_csv),
+        output=str(tmp_path / "teacher"),
+        batch_size=2,
+        lr=1e-2,
+        epochs=1,
+        max_length=32,
+        lora_r=4,
+        checkpoint_minutes=0.0,  # a checkpoint after every step
+    )
+    real_save = teacher._save
+
+    def save_then_die(model, tokenizer, ckpt, optimizer, scheduler, step):
+        real_save(model, tokenizer, ckpt, optimizer, scheduler, step)
+        if step == 2:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 2
+
+    monkeypatch.setattr(teacher, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        teacher.train_teacher(args)
+    assert (tmp_path / "teacher" / "checkpoint" / "adapter_config.json").is_file()
+    saved_at = []
+
+    def record(model, tokenizer, ckpt, optimizer, scheduler, step):
+        saved_at.append(step)
+        real_save(model, tokenizer, ckpt, optimizer, scheduler, step)
+
+    monkeypatch.setattr(teacher, "_save", record)
+    out = teacher.train_teacher(args)  # resumes at step 2 of 4
+    assert saved_at == [3]  # steps 1 and 2 were not run again
+    assert json.loads((out / "teacher_args.json").read_text())["steps"] == 4
+    assert not (out / "adapter_config.json").exists()  # merged: a plain model

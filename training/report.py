@@ -3,9 +3,10 @@
     python -m reranker.training.report training/results --output training/REPORT.md \\
         --plot training/student_vs_augmentation.png
 
-Reads ``eval_*.json`` written by ``reranker eval --json`` (BM25, teacher, control, and students
-named ``student-...-aug<N>``) and ``wall_seconds.txt``; writes a Markdown table and a PNG of student
-quality against the number of augmented pairs, with the teacher and BM25 as lines.
+Reads ``eval_*.json`` written by ``reranker eval --json`` (``bm25``, ``teacher*``, ``control*``,
+and students named ``student-<kind>-aug<N>``) and ``wall_seconds.txt``; writes a Markdown table
+and a PNG of student quality against the number of augmented pairs (a line per student kind),
+with the teacher, the control and BM25 as horizontal lines.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from pathlib import Path
 STUDENT = re.compile(r"eval_(student-.*-aug(\d+))\.json$")
 
 
+def _fixed_order(name: str) -> tuple[int, str]:
+    for i, prefix in enumerate(("bm25", "teacher", "control")):
+        if name.startswith(prefix):
+            return i, name
+    return 3, name
+
+
 def load(results: Path) -> tuple[dict[str, dict], list[tuple[int, str, dict]], dict[str, int]]:
     fixed = {}
-    for name in ("bm25", "teacher", "control"):
-        path = results / f"eval_{name}.json"
-        if path.is_file():
-            fixed[name] = json.loads(path.read_text())
+    names = [p.name[len("eval_") : -len(".json")] for p in results.glob("eval_*.json")]
+    for name in sorted((n for n in names if not n.startswith("student-")), key=_fixed_order):
+        fixed[name] = json.loads((results / f"eval_{name}.json").read_text())
     students = []
     for path in sorted(results.glob("eval_student-*.json")):
         m = STUDENT.search(path.name)
@@ -55,10 +62,15 @@ def table(fixed, students, walls) -> str:
             f"| {e2e} | {wall} |"
         )
 
-    labels = {"bm25": "BM25", "teacher": "teacher", "control": "control (labels, no teacher)"}
-    for key in ("bm25", "teacher", "control"):
-        if key in fixed:
-            row(labels[key], "—", fixed[key], key)
+    def label(key: str) -> str:
+        if key == "bm25":
+            return "BM25"
+        if key.startswith("control"):
+            return f"{key} (student trained on the labels, no teacher)"
+        return key
+
+    for key, m in fixed.items():
+        row(label(key), "—", m, key)
     for size, name, m in students:
         row(name, f"{size:,}", m, name)
     first = fixed.get("bm25") or (students[0][2] if students else {})
@@ -78,20 +90,23 @@ def plot(fixed, students, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    kinds: dict[str, list[tuple[int, dict]]] = {}
+    for size, name, m in students:
+        kinds.setdefault(name.rsplit("-aug", 1)[0], []).append((size, m))
     for ax, metric, title in (
         (axes[0], "pair_accuracy", "pair accuracy"),
         (axes[1], "ndcg10", "NDCG@10"),
     ):
-        xs = [s for s, _, _ in students]
-        ax.plot(xs, [m[metric] for _, _, m in students], "o-", label="student (margin-MSE)")
-        for key, style in (("teacher", "--"), ("control", ":"), ("bm25", "-.")):
-            if key in fixed:
-                ax.axhline(
-                    fixed[key][metric],
-                    linestyle=style,
-                    color="grey" if key == "bm25" else None,
-                    label=key,
-                )
+        for kind, points in kinds.items():
+            if len(points) < 2:
+                continue
+            xs = [s for s, _ in points]
+            ax.plot(xs, [m[metric] for _, m in points], "o-", label=f"{kind} (margin-MSE)")
+        for key, m in fixed.items():
+            style = "-." if key == "bm25" else ":" if key.startswith("control") else "--"
+            ax.axhline(
+                m[metric], linestyle=style, color="grey" if key == "bm25" else None, label=key
+            )
         ax.set_xlabel("augmented pairs scored by the teacher")
         ax.set_title(f"dev {title}")
         ax.grid(alpha=0.3)

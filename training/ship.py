@@ -1,0 +1,55 @@
+"""Install an exported student as the package's default model, with its model card.
+
+    python -m reranker.training.ship MODEL_DIR --card MODEL_CARD.md [--output DIR]
+
+Copies the int8 ONNX file, the tokenizer and the config (reduced to the int8 variant) into the
+package (``reranker/models/default`` unless told otherwise), refuses a model file over 30 MB,
+checks that the installed copy loads, and puts the model card beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from reranker.crossencoder import CONFIG_FILE, CrossEncoder
+from reranker.errors import ModelError
+from reranker.pipeline import PACKAGED_MODEL_DIR
+
+MAX_MB = 30.0
+
+
+def ship(model_dir: Path, output: Path, card: str, variant: str = "int8") -> Path:
+    model = CrossEncoder(model_dir, variant=variant)  # validates the directory
+    onnx = model_dir / model.config.files[variant]
+    size = onnx.stat().st_size / 1e6
+    if size > MAX_MB:
+        raise ModelError(f"{onnx} is {size:.1f} MB; the shipped model must be at most {MAX_MB} MB")
+    cfg = json.loads((model_dir / CONFIG_FILE).read_text())
+    cfg["files"] = {variant: "model.int8.onnx" if variant == "int8" else onnx.name}
+    cfg["default_variant"] = variant
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    shutil.copyfile(onnx, output / cfg["files"][variant])
+    shutil.copyfile(model_dir / "tokenizer.json", output / "tokenizer.json")
+    (output / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (output / "MODEL_CARD.md").write_text(card)
+    CrossEncoder(output)  # the installed copy loads
+    return output
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("--card", type=Path, required=True, help="the model card (Markdown)")
+    ap.add_argument("--output", type=Path, default=PACKAGED_MODEL_DIR)
+    args = ap.parse_args()
+    out = ship(args.model_dir, args.output, args.card.read_text())
+    print(f"installed {args.model_dir} as {out}")
+
+
+if __name__ == "__main__":
+    main()
