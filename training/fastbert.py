@@ -61,6 +61,23 @@ class ClsOnlyBert(nn.Module):
         ffn = nn.functional.gelu(ffn)
         return layer.output.LayerNorm(layer.output.dense(ffn) + h)
 
+    def _attend_cls(self, layer, cls, states, mask):
+        """The last layer at [CLS] only. One query position per sequence, so attention is an
+        elementwise product and two sums over positions: no transposes, no small matmuls."""
+        att = layer.attention.self
+        b, n, _ = states.shape
+        q = att.query(cls).view(b, 1, self.heads, self.head_dim)
+        k = att.key(states).view(b, n, self.heads, self.head_dim)
+        v = att.value(states).view(b, n, self.heads, self.head_dim)
+        scores = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (b, n, heads)
+        scores = scores + (1.0 - mask[:, :, None].to(states.dtype)) * torch.finfo(states.dtype).min
+        weights = torch.softmax(scores, dim=1)
+        ctx = (weights.unsqueeze(-1) * v).sum(1).reshape(b, 1, self.heads * self.head_dim)
+        out = layer.attention.output
+        h = out.LayerNorm(out.dense(ctx) + cls)
+        ffn = nn.functional.gelu(layer.intermediate.dense(h))
+        return layer.output.LayerNorm(layer.output.dense(ffn) + h)
+
     def forward(self, input_ids, attention_mask, token_type_ids):
         seq = input_ids.shape[1]
         positions = torch.arange(seq, dtype=torch.long, device=input_ids.device).unsqueeze(0)
@@ -70,7 +87,7 @@ class ClsOnlyBert(nn.Module):
         bias = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
         for layer in self.layers[:-1]:
             h = self._attend(layer, h, h, bias)
-        cls = self._attend(self.layers[-1], h[:, :1, :], h, bias)[:, 0, :]
+        cls = self._attend_cls(self.layers[-1], h[:, :1, :], h, attention_mask)[:, 0, :]
         if self.pooler is not None:
             cls = torch.tanh(self.pooler.dense(cls))
         return self.classifier(cls)

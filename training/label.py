@@ -72,13 +72,8 @@ class OnnxScorer:
         self.model = CrossEncoder(path, variant=variant, batch_size=64)
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(queries), dtype=np.float32)
-        groups: dict[str, list[int]] = {}
-        for i, q in enumerate(queries):
-            groups.setdefault(q, []).append(i)
-        for q, idx in groups.items():
-            out[idx] = self.model.score(q, [texts[i] for i in idx]).raw
-        return out
+        # all pairs of a shard at once: batches of similar length across queries, little padding
+        return self.model.score_pairs(list(queries), list(texts)).raw
 
 
 @dataclass(frozen=True)
