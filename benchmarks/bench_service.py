@@ -40,15 +40,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(model: Path, extra: list[str]) -> tuple[str, subprocess.Popen]:
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start(model: Path, extra: list[str], index: Path | None = None) -> tuple[str, subprocess.Popen]:
     port = free_port()
+    where = ["--index-dir", str(index)] if index else ["--no-index"]
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "reranker.cli",
             "serve",
-            "--no-index",
+            *where,
             "--model",
             str(model),
             "--port",
@@ -130,7 +138,9 @@ def main() -> None:
     results: dict = {"runs": []}
     try:
         model = Path(args.model) if args.model else default_model_dir() or stand_in_model(work)
-        index_catalog(args.catalog, work / "index")
+        from reranker import CrossEncoder
+
+        index_catalog(args.catalog, work / "index", model=CrossEncoder(model))
         cands = BM25Index.load(work / "index").retrieve(args.query, 100)
         docs = [{"id": c.product.id, "title": c.product.title, **c.product.fields} for c in cands]
         body = work / "body.json"
@@ -149,6 +159,16 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
+        # resident memory of a service holding the model and the demo index, after /search load
+        url, proc = start(model, [], work / "index")
+        try:
+            rss_idle = rss_mb(proc.pid)
+            for q in ("cordless drill", "garden hose", "led light bulb", "toilet seat") * 25:
+                httpx.post(f"{url}/search", json={"query": q}, timeout=60).raise_for_status()
+            results["rss_mb"] = {"after start": rss_idle, "after 100 searches": rss_mb(proc.pid)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(
@@ -163,6 +183,9 @@ def main() -> None:
             f"{r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['errors']} |"
         )
     print(f"\nfallbacks (must be 0): {results['fallbacks']}")
+    print(
+        f"resident memory, `reranker serve` with the model and the demo index: {results['rss_mb']}"
+    )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     if any(r["errors"] for r in results["runs"]) or any(results["fallbacks"].values()):

@@ -19,7 +19,8 @@ LABELLED_FRACTION=${LABELLED_FRACTION:-0.25}     # of train's queries (12,8xx pa
 AUG_PER_QUERY=${AUG_PER_QUERY:-5}
 AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
 AUG_SIZES=${AUG_SIZES:-"0 1 2 4"}                  # augmented pairs as multiples of the labelled
-LAYERS=${LAYERS:-1}
+LAYERS=${LAYERS:-1}                               # the student that fits the latency target
+FRONTIER_LAYERS=${FRONTIER_LAYERS:-2}             # deeper students, for the quality/latency frontier
 STUDENT_FIELDS=${STUDENT_FIELDS:-brand}           # the student reads title + brand; the teacher more
 STUDENT_MAX_LENGTH=${STUDENT_MAX_LENGTH:-48}
 TEACHER_VARIANT=${TEACHER_VARIANT:-fp32}          # the teacher model that labels
@@ -30,12 +31,15 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$ART" "$RESULTS"
 step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0))" >> "$RESULTS/wall_seconds.txt"; }
+# `into FILE cmd...`: the command's output into FILE only when it succeeds (an interrupted step
+# must not leave a file that makes the next run skip it)
+into() { local f=$1; shift; "$@" > "$f.tmp" && mv "$f.tmp" "$f"; }
 
 step "index of the catalog"
 [ -f "$ART/index/CURRENT" ] || reranker index "$DATA/products.parquet" --index-dir "$ART/index" -q
 
 step "BM25 on dev"
-[ -f "$RESULTS/eval_bm25.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" --e2e --json > "$RESULTS/eval_bm25.json"
+[ -f "$RESULTS/eval_bm25.json" ] || into "$RESULTS/eval_bm25.json" reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" --e2e --json
 
 step "teacher (resumes from its checkpoint)"
 [ -f "$TEACHER/teacher_args.json" ] || timed teacher reranker train-teacher --model "$TEACHER_BASE" \
@@ -72,14 +76,14 @@ step "teacher scores of the augmented pairs ($TEACHER_VARIANT)"
   --output "$RESULTS/scores_augmented.parquet"
 
 step "teacher on dev (judged-candidate metrics; its end-to-end run would take ~100 min here)"
-[ -f "$RESULTS/eval_teacher.json" ] || timed eval_teacher reranker eval --judged "$DATA/dev.parquet" \
-  --index-dir "$ART/index" --model "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --json > "$RESULTS/eval_teacher.json"
+[ -f "$RESULTS/eval_teacher.json" ] || timed eval_teacher into "$RESULTS/eval_teacher.json" reranker eval \
+  --judged "$DATA/dev.parquet" --index-dir "$ART/index" --model "$ART/teacher-onnx" --variant "$TEACHER_VARIANT" --json
 [ "${STOP_AFTER_LABELS:-0}" = 1 ] && { echo "labels done (STOP_AFTER_LABELS=1)"; exit 0; }
 
 STUDENT=(--fields "$STUDENT_FIELDS" --max-length "$STUDENT_MAX_LENGTH" --threads "$THREADS")
 evaluate() {  # $1: name; dev judged metrics and end-to-end, int8 (what ships)
-  [ -f "$RESULTS/eval_$1.json" ] || reranker eval --judged "$DATA/dev.parquet" --index-dir "$ART/index" \
-    --model "$ART/$1-onnx" --variant int8 --e2e --json > "$RESULTS/eval_$1.json"
+  [ -f "$RESULTS/eval_$1.json" ] || into "$RESULTS/eval_$1.json" reranker eval --judged "$DATA/dev.parquet" \
+    --index-dir "$ART/index" --model "$ART/$1-onnx" --variant int8 --e2e --json
 }
 export_student() {
   [ -f "$ART/$1-onnx/reranker.json" ] || reranker export "$ART/$1" --output "$ART/$1-onnx" \
@@ -107,5 +111,17 @@ for times in $AUG_SIZES; do
   export_student "$name"; evaluate "$name"
 done
 
+# The quality-vs-latency frontier: other student depths, on the largest augmented set.
+for layers in $FRONTIER_LAYERS; do
+  size=$((${AUG_SIZES##* } * LABELLED_PAIRS))
+  name="student-L$layers-$LOSS-aug$size"
+  step "$name (frontier)"
+  [ -f "$ART/$name/distill_args.json" ] || timed "$name" reranker distill \
+    --labelled "$RESULTS/scores_train.parquet" --augmented "$RESULTS/scores_augmented.parquet" \
+    --augment-size "$size" --catalog "$DATA/products.parquet" \
+    --layers "$layers" --loss "$LOSS" "${STUDENT[@]}" --output "$ART/$name"
+  export_student "$name"; evaluate "$name"
+done
+
 step "report"
-python -m reranker.training.report "$RESULTS" --output training/REPORT.md --plot training/student_vs_augmentation.png
+python -m reranker.training.report "$RESULTS" --output "$RESULTS/table.md" --plot "$RESULTS/student_vs_augmentation.png"
