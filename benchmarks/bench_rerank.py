@@ -175,6 +175,19 @@ def per_channel_int8(src: Path, dst: Path) -> None:
     quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
 
 
+def kv_only_int8(src: Path, dst: Path) -> None:
+    """int8 for the key/value projections (one row per position: the large products) only; the
+    [CLS]-only products (100 rows) stay fp32, sparing their per-call quantisation."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = [n.name for n in onnx.load(str(src)).graph.node if n.op_type in ("MatMul", "Gemm")]
+    keep = [n for n in nodes if n.startswith(("/key", "/value"))]
+    quantize_dynamic(
+        src, dst, weight_type=QuantType.QInt8, nodes_to_exclude=[n for n in nodes if n not in keep]
+    )
+
+
 def fused(src: Path, dst: Path, int8: bool = False) -> None:
     """onnxruntime.transformers' BERT fusions (LayerNorm, GELU, attention where it matches)."""
     from onnxruntime.transformers.optimizer import optimize_model
@@ -196,7 +209,9 @@ def fused(src: Path, dst: Path, int8: bool = False) -> None:
         )
 
 
-def sweep(model_dir, work, tokens, rows_per_query, queries, threads, warmup) -> list[dict]:
+def sweep(
+    model_dir, work, tokens, rows_per_query, queries, threads, warmup, judge=None
+) -> list[dict]:
     """Runtime levers on one model at k=100: session options, batch size, quantisation."""
     cases = [
         ("int8, defaults (all optimisations, arena, batch 32)", model_dir, "int8", {}, 32),
@@ -220,23 +235,31 @@ def sweep(model_dir, work, tokens, rows_per_query, queries, threads, warmup) -> 
         ("int8, batch 16", model_dir, "int8", {}, 16),
         ("int8, batch 64", model_dir, "int8", {}, 64),
         ("int8, one batch of 100", model_dir, "int8", {}, 100),
+        # (made lazily: a lever that fails to build is reported, not fatal)
         (
             "int8 per-channel",
-            variant_dir(model_dir, work, "int8pc", per_channel_int8),
+            lambda: variant_dir(model_dir, work, "int8pc", per_channel_int8),
             "int8pc",
             {},
             32,
         ),
         (
+            "int8 for K/V projections only ([CLS]-side products fp32)",
+            lambda: variant_dir(model_dir, work, "kvint8", kv_only_int8),
+            "kvint8",
+            {},
+            32,
+        ),
+        (
             "fp32 + ORT transformer fusions",
-            variant_dir(model_dir, work, "fused", fused),
+            lambda: variant_dir(model_dir, work, "fused", fused),
             "fused",
             {},
             32,
         ),
         (
             "int8 + ORT transformer fusions",
-            variant_dir(model_dir, work, "fusedint8", lambda a, b: fused(a, b, int8=True)),
+            lambda: variant_dir(model_dir, work, "fusedint8", lambda a, b: fused(a, b, int8=True)),
             "fusedint8",
             {},
             32,
@@ -250,10 +273,43 @@ def sweep(model_dir, work, tokens, rows_per_query, queries, threads, warmup) -> 
             model = CrossEncoder(path, variant=variant, batch_size=batch, session_options=options)
         except Exception as exc:  # a lever that does not apply is reported, not fatal
             out.append({"case": label, "error": str(exc).splitlines()[0][:200]})
+            print(f"  {out[-1]}", flush=True)
             continue
         lat = rerank_latency(model, tokens, rows_per_query, queries, [100], warmup)[100]
-        out.append({"case": label, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]})
-        print(f"  {label}: p50 {lat['p50_ms']:.1f} ms, p99 {lat['p99_ms']:.1f} ms", flush=True)
+        row = {"case": label, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+        if judge is not None:
+            row |= judge(model)
+        out.append(row)
+        print(f"  {row}", flush=True)
+    return out
+
+
+def length_sweep(model_dir, work, lengths, index, by_id, rows_per_query, queries, args) -> list:
+    """The same weights run with shorter inputs: quality (dev) and latency at k=100."""
+    import shutil
+
+    out = []
+    for length in lengths:
+        d = work / f"{model_dir.name}-len{length}"
+        if not d.exists():
+            shutil.copytree(model_dir, d)
+            cfg = json.loads((d / "reranker.json").read_text())
+            cfg["max_length"] = length
+            (d / "reranker.json").write_text(json.dumps(cfg))
+        model = CrossEncoder(d, variant="int8", threads=args.threads)
+        texts = [p.text(model.config.fields) for p in index.products_at(np.arange(len(index)))]
+        tokens = ProductTokens.build(model.pairs, texts, model.token_key)
+        lat = rerank_latency(model, tokens, rows_per_query, queries, [100], args.warmup)[100]
+        row = {"max_length": length, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"]}
+        if args.judged:
+            row |= quality(
+                args.judged,
+                lambda p, f: by_id[p].text(f),
+                model.config.fields,
+                lambda q, t, m=model: m.score(q, t).raw,
+            )
+        print(f"  max length {length}: {row}", flush=True)
+        out.append(row)
     return out
 
 
@@ -278,6 +334,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--sweep", action="store_true", help="runtime levers on the first model")
+    ap.add_argument(
+        "--max-lengths",
+        default="",
+        help="e.g. 32,40: the first model also run with these max lengths (quality and k=100)",
+    )
+    ap.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        help="NAME=EVAL_JSON (from `reranker eval --json`): a horizontal line on the plot",
+    )
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--plot")
     args = ap.parse_args()
@@ -320,6 +387,10 @@ def main() -> None:
         "catalog": args.catalog,
         "peak": measure_peak(args.threads),
         "models": [],
+        "baselines": {
+            name: json.loads(Path(path).read_text())
+            for name, _, path in (b.partition("=") for b in args.baseline)
+        },
     }
     print(
         f"peak: fp32 {result['peak']['fp32']:.1f} GFLOP/s, int8 {result['peak']['int8']:.1f} GOP/s"
@@ -337,6 +408,8 @@ def main() -> None:
             for row in lat.values():
                 if "achieved_gflops" in row:
                     row["efficiency_vs_peak"] = row["achieved_gflops"] / result["peak"][fmt]
+                    # the time the model's arithmetic would take at the measured peak
+                    row["limit_ms"] = row["gflop_per_query"] / result["peak"][fmt] * 1e3
             v = {"latency": lat}
             if args.judged:
                 v["quality"] = quality(
@@ -374,10 +447,32 @@ def main() -> None:
                 )
         result["models"].append(entry)
         print_entry(entry, result["peak"])
+        if args.max_lengths and len(result["models"]) == 1:
+            result["max_length_sweep"] = length_sweep(
+                onnx_dir,
+                work,
+                [int(x) for x in args.max_lengths.split(",")],
+                index,
+                by_id,
+                rows_per_query,
+                queries,
+                args,
+            )
         if args.sweep and len(result["models"]) == 1:
             print("runtime levers at k=100:")
+            judge = None
+            if args.judged:
+
+                def judge(m):
+                    return quality(
+                        args.judged,
+                        lambda pid, f: by_id[pid].text(f),
+                        m.config.fields,
+                        lambda q, t: m.score(q, t).raw,
+                    )
+
             result["sweep"] = sweep(
-                onnx_dir, work, tokens, rows_per_query, queries, args.threads, args.warmup
+                onnx_dir, work, tokens, rows_per_query, queries, args.threads, args.warmup, judge
             )
 
     if args.json_out:
@@ -388,19 +483,22 @@ def main() -> None:
 
 def print_entry(entry, peak) -> None:
     print(f"\n{entry['model']}")
-    print("| variant | k | p50 ms | p99 ms | pairs/s | GFLOP/query | GFLOP/s | of peak |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| variant | k | p50 ms | p99 ms | pairs/s | GFLOP/query | limit ms | GFLOP/s | of peak |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, v in entry["variants"].items():
         for k, r in v["latency"].items():
             print(
                 f"| {variant} | {k} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['pairs_per_s']:.0f} | {r.get('gflop_per_query', float('nan')):.2f} | "
+                f"{r.get('limit_ms', float('nan')):.1f} | "
                 f"{r.get('achieved_gflops', float('nan')):.1f} | "
                 f"{100 * r.get('efficiency_vs_peak', float('nan')):.0f}% |"
             )
     if "torch" in entry:
         for k, r in entry["torch"]["latency"].items():
-            print(f"| torch (ST predict) | {k} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | | | | |")
+            print(f"| torch (ST predict) | {k} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | | | | | |")
     for variant, v in entry["variants"].items():
         b = v["latency"].get(100, {}).get("breakdown_mean_ms")
         if b:
@@ -439,6 +537,8 @@ def plot(result, path) -> None:
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
+        for name, m in result.get("baselines", {}).items():
+            ax.axhline(m[metric], linestyle="--", linewidth=0.8, label=name, color="C7")
         ax.axvline(30, color="grey", linestyle=":", label="30 ms target")
         ax.set_xscale("log")
         ax.set_xlabel("rerank p50 at k=100 (ms, log)")

@@ -200,10 +200,15 @@ class CrossEncoder:
         return scores
 
     def score_ids(
-        self, queries: Sequence[np.ndarray] | np.ndarray, products: Sequence[np.ndarray]
+        self,
+        queries: Sequence[np.ndarray] | np.ndarray,
+        products: Sequence[np.ndarray],
+        batch_size: int | None = None,
     ) -> Scores:
         """Score pairs given as token ids (no special tokens): one query's ids for all products,
-        or one per product; products' ids as stored with an index (:mod:`reranker.tokens`)."""
+        or one per product; products' ids as stored with an index (:mod:`reranker.tokens`).
+        ``batch_size``: pairs per inference call (default: the model's ``batch_size``)."""
+        step = batch_size or self.batch_size
         if isinstance(queries, np.ndarray):
             queries = [queries] * len(products)
         raw = np.zeros(len(products), dtype=np.float32)
@@ -213,9 +218,9 @@ class CrossEncoder:
             return Scores(raw, raw.copy())
         t0 = time.perf_counter()
         order = np.argsort(self.pairs.pair_lengths(queries, products), kind="stable")
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(order), step):
             t1 = time.perf_counter()
-            idx = order[start : start + self.batch_size]
+            idx = order[start : start + step]
             batch = self.pairs.build([queries[i] for i in idx], [products[i] for i in idx])
             feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
             if "token_type_ids" in self.input_names:
