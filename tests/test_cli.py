@@ -82,7 +82,10 @@ def one_line_error(result, *fragments):
     assert "Traceback" not in result.output
 
 
-def test_search_without_model_says_so(run, built_index):
+def test_search_without_model_says_so(run, built_index, tmp_path, monkeypatch):
+    import reranker.pipeline
+
+    monkeypatch.setattr(reranker.pipeline, "PACKAGED_MODEL_DIR", tmp_path / "no-model")
     one_line_error(
         run("search", "drill", "--index-dir", built_index),
         "no reranker model is installed",
@@ -208,3 +211,18 @@ def test_index_stores_token_ids_for_the_model(tmp_path, catalog_csv, tiny_model)
     )
     assert r.exit_code == 0, r.output
     assert BM25Index.load(out).product_tokens is None
+
+
+def test_the_packaged_student_is_the_default(run, built_index):
+    import reranker.pipeline
+
+    if not (reranker.pipeline.PACKAGED_MODEL_DIR / "reranker.json").is_file():
+        pytest.skip("this checkout has no packaged student")
+    r = run("search", "cordless drill", "--index-dir", built_index, "--json")
+    assert r.exit_code == 0, r.output
+    body = json.loads(r.output)
+    from reranker import CrossEncoder
+
+    packaged = CrossEncoder(reranker.pipeline.PACKAGED_MODEL_DIR)
+    assert body["reranked"] and body["model"] == packaged.name
+    assert (reranker.pipeline.PACKAGED_MODEL_DIR / "MODEL_CARD.md").is_file()

@@ -21,7 +21,9 @@ from reranker.pipeline import PACKAGED_MODEL_DIR
 MAX_MB = 30.0
 
 
-def ship(model_dir: Path, output: Path, card: str, variant: str = "int8") -> Path:
+def ship(
+    model_dir: Path, output: Path, card: str, variant: str = "int8", name: str | None = None
+) -> Path:
     model = CrossEncoder(model_dir, variant=variant)  # validates the directory
     onnx = model_dir / model.config.files[variant]
     size = onnx.stat().st_size / 1e6
@@ -30,6 +32,8 @@ def ship(model_dir: Path, output: Path, card: str, variant: str = "int8") -> Pat
     cfg = json.loads((model_dir / CONFIG_FILE).read_text())
     cfg["files"] = {variant: "model.int8.onnx" if variant == "int8" else onnx.name}
     cfg["default_variant"] = variant
+    if name:
+        cfg.setdefault("metadata", {})["name"] = name
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -46,8 +50,9 @@ def main() -> None:
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--card", type=Path, required=True, help="the model card (Markdown)")
     ap.add_argument("--output", type=Path, default=PACKAGED_MODEL_DIR)
+    ap.add_argument("--name", help="the model's name in answers (default: its directory's)")
     args = ap.parse_args()
-    out = ship(args.model_dir, args.output, args.card.read_text())
+    out = ship(args.model_dir, args.output, args.card.read_text(), name=args.name)
     print(f"installed {args.model_dir} as {out}")
 
 
