@@ -10,7 +10,6 @@ truncation (special tokens and type ids read from the tokenizer itself; tested a
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,5 +169,5 @@ class ProductTokens:
         return cls(
             np.load(directory / IDS_FILE, allow_pickle=False),
             np.load(directory / OFFSETS_FILE, allow_pickle=False),
-            json.loads(json.dumps(key)),
+            dict(key),
         )
