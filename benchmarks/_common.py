@@ -55,3 +55,17 @@ def matmul_flops(arch: dict, lengths, cls_only: bool = True) -> int:
         total += (layers - 1) * full + (last if cls_only else full)
         total += hid * hid + hid  # pooler + classifier
     return 2 * total
+
+
+def late_flops(arch: dict, query_length: int, product_lengths) -> int:
+    """Multiply-adds × 2 per query of a late-interaction student at query time: the query
+    through the first ``L - 1`` layers, then per product the keys and values of its stored
+    states and the [CLS]-only last layer (query keys/values computed once), pooler, classifier."""
+    hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
+    n = query_length
+    total = (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid)
+    total += n * 2 * hid * hid  # the query's keys and values in the last layer
+    for m in product_lengths:
+        total += m * 2 * hid * hid + 2 * (n + m) * hid  # product keys/values, attention
+        total += 2 * hid * hid + 2 * hid * inter + hid * hid + hid  # [CLS] q, out, FFN, head
+    return 2 * total

@@ -18,6 +18,11 @@ the demo catalog with the first stage's top-k of dev queries (product token ids 
 - with --judged: dev NDCG@10 and pair accuracy of every variant (and of the torch model), which
   makes the quality-vs-latency frontier (--plot).
 
+A late-interaction student (``distill --arch late``) is measured the same way, with product
+encoder states stored as ``reranker index`` stores them (only for the candidates' products, to
+save time); its torch baseline is the same model run in torch the straightforward way (query and
+the k products encoded per query, batches of 32).
+
 ``--stand-in LAYERS:FIELDS:MAX_LENGTH`` adds all-MiniLM-L6-v2 truncated to LAYERS with an
 untrained head (latency only; FIELDS ``title`` or ``title+brand+color+material``).
 """
@@ -34,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from _common import matmul_flops, stand_in_hf, stand_in_model
+from _common import late_flops, matmul_flops, stand_in_hf, stand_in_model
 
-from reranker import BM25Index, CrossEncoder
+from reranker import BM25Index, CrossEncoder, open_model
 from reranker.catalog import read_catalog
 from reranker.tokens import ProductTokens
 
@@ -113,7 +118,9 @@ def rerank_latency(model, tokens, rows_per_query, queries, ks, warmup) -> dict:
             times.append(time.perf_counter() - t0)
             for name, ms in (model.last_timings | {"tokenize_ms": tok_ms}).items():
                 parts.setdefault(name, []).append(ms)
-            if arch:
+            if arch and model.config.architecture == "late":
+                flops += late_flops(arch, len(qids), [len(c) for c in cand])
+            elif arch:
                 flops += matmul_flops(
                     arch, model.pairs.pair_lengths([qids] * len(cand), cand), cls_only=cls_only
                 )
@@ -131,12 +138,57 @@ def rerank_latency(model, tokens, rows_per_query, queries, ks, warmup) -> dict:
     return out
 
 
+class TorchLate:
+    """A late-interaction student in torch, run the plain way: per query, the query and the k
+    product texts are encoded (batches of 32), then the joint layer. ``predict`` like ST's."""
+
+    def __init__(self, hf_dir) -> None:
+        import torch
+
+        from reranker.training.latebert import LATE_FILE, LateStudent
+
+        settings = json.loads((Path(hf_dir) / LATE_FILE).read_text())
+        self.student = LateStudent(
+            str(hf_dir), None, settings["max_length"], settings["query_max_length"]
+        )
+        self.student.model.eval()
+        self.no_grad = torch.no_grad
+
+    def predict(self, pairs, batch_size=32, show_progress_bar=False):
+        import torch
+
+        out = []
+        with self.no_grad():
+            for start in range(0, len(pairs), batch_size):
+                chunk = pairs[start : start + batch_size]
+                out.append(self.student.logits([chunk[0][0]], [[t for _, t in chunk]]))
+        return torch.cat(out).numpy()
+
+
+class StoredRows(dict):
+    """Row → stored product form, for the rows a benchmark needs."""
+
+    def rows(self, rows):
+        return [self[r] for r in rows]
+
+
+def candidate_states(model, index, rows_per_query) -> StoredRows:
+    """A late model's float16 states of the candidates' products, as an index stores them."""
+    rows = sorted({r for rs in rows_per_query for r in rs})
+    texts = [p.text(model.config.fields) for p in index.products_at(rows)]
+    states = model.build_store(texts)
+    return StoredRows(zip(rows, states.rows(range(len(rows))), strict=True))
+
+
 def torch_latency(hf_dir, max_length, texts_per_query, queries, ks, threads, warmup) -> dict:
     import torch
     from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
 
     torch.set_num_threads(threads)
-    st = STCrossEncoder(str(hf_dir), num_labels=1, max_length=max_length, device="cpu")
+    if (Path(hf_dir) / "late_interaction.json").is_file():
+        st = TorchLate(hf_dir)
+    else:
+        st = STCrossEncoder(str(hf_dir), num_labels=1, max_length=max_length, device="cpu")
     for q, texts in list(zip(queries, texts_per_query, strict=True))[:warmup]:
         st.predict([(q, t) for t in texts[:100]], batch_size=32, show_progress_bar=False)
     out = {}
@@ -398,13 +450,16 @@ def main() -> None:
     stand_ins = {m[0] for m in models[len(args.model) :]}  # untrained heads: latency only
     for onnx_dir, hf_dir in models:
         judged = args.judged if onnx_dir not in stand_ins else None
-        probe = CrossEncoder(onnx_dir)
-        texts = [p.text(probe.config.fields) for p in index.products_at(np.arange(len(index)))]
-        tokens = ProductTokens.build(probe.pairs, texts, probe.token_key)
+        probe = open_model(onnx_dir)
+        if probe.config.architecture != "late":
+            texts = [p.text(probe.config.fields) for p in index.products_at(np.arange(len(index)))]
+            tokens = ProductTokens.build(probe.pairs, texts, probe.token_key)
         entry = {"model": probe.name, "dir": str(onnx_dir), "variants": {}}
         for variant in probe.config.files:
-            model = CrossEncoder(onnx_dir, variant=variant, threads=args.threads)
+            model = open_model(onnx_dir, variant=variant, threads=args.threads)
             print(f"{probe.name} {variant} ...", flush=True)
+            if model.config.architecture == "late":  # each variant has its own encoder
+                tokens = candidate_states(model, index, rows_per_query)
             lat = rerank_latency(model, tokens, rows_per_query, queries, ks, args.warmup)
             fmt = "int8" if "int8" in variant else "fp32"
             for row in lat.values():

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from _common import stand_in_model
 from tqdm.auto import tqdm
 
-from reranker import BM25Index, CrossEncoder, SearchPipeline, default_model_dir
+from reranker import BM25Index, SearchPipeline, default_model_dir, open_model
 from reranker.index import store
 from reranker.index.build import index_catalog
 
@@ -78,7 +78,7 @@ def main() -> None:
             model_dir = stand_in_model(work)
         # ---- index build (with the model's product token ids, as `reranker index` stores them)
         t = time.perf_counter()
-        report = index_catalog(args.catalog, work / "index", model=CrossEncoder(model_dir))
+        report = index_catalog(args.catalog, work / "index", model=open_model(model_dir))
         build_s = time.perf_counter() - t
         gen, manifest = store.open_current(work / "index")
         size = sum(p.stat().st_size for p in gen.iterdir())
@@ -112,10 +112,13 @@ def main() -> None:
             else queries[:: max(1, len(queries) // args.rerank_queries)]
         )
         out["rerank_queries"] = len(rq)
-        for variant in CrossEncoder(model_dir).config.files:
-            model = CrossEncoder(model_dir, variant=variant)
+        for variant in open_model(model_dir).config.files:
+            model = open_model(model_dir, variant=variant)
             out["model_name"] = model.name
             tokens = index.tokens_for(model.token_key)
+            if tokens is None:  # a late model's other variant: its own encoder, not indexed
+                print(f"{variant}: no stored product states for it in the index, skipped")
+                continue
             for q in queries[: args.warmup]:
                 model.score_products(q, [c.product for c in cands[q]])
             times = []
@@ -134,7 +137,17 @@ def main() -> None:
                 totals.append(time.perf_counter() - t)
             out["rerank"][variant] = percentiles(times) | {
                 "search_total": percentiles(totals),
-                "file_mb": (model_dir / model.config.files[variant]).stat().st_size / 1e6,
+                "file_mb": sum(
+                    (model_dir / f).stat().st_size / 1e6
+                    for f in (
+                        model.config.files[variant],
+                        *(
+                            [model.config.encoder_files[variant]]
+                            if model.config.encoder_files
+                            else []
+                        ),
+                    )
+                ),
             }
         out["rss_mb"] = rss_mb()
     finally:

@@ -5,7 +5,10 @@
 POST /rerank with 100 documents per request (the BM25 top 100 of the demo catalog for one dev
 query, as catalog objects) at 1, 8 and 32 concurrent clients, against the service as it runs
 (micro-batching) and against the same service scoring one request at a time
-(`--max-batch-pairs 1`). Each run is bounded: `hey -n REQUESTS` and a wall-clock timeout; the
+(`--max-batch-pairs 1`); then POST /search (the same query, k=100) against both, where the
+products' stored forms (token ids or a late student's states) come from the index. The /rerank
+body is the same for every request, so a late student's product states are cached after the
+first one. Each run is bounded: `hey -n REQUESTS` and a wall-clock timeout; the
 deadline is set high so that every request is reranked, and the script checks that no request
 failed and none fell back. Needs `hey` (Debian package) and the [serve] extra.
 """
@@ -83,7 +86,9 @@ def fallbacks(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^kd_fallbacks_total\{[^}]*\} (\S+)$", text, re.M))
 
 
-def run_hey(url: str, body: Path, requests: int, concurrency: int, timeout_s: int) -> dict:
+def run_hey(
+    url: str, body: Path, requests: int, concurrency: int, timeout_s: int, path: str = "/rerank"
+) -> dict:
     out = subprocess.run(
         [
             "hey",
@@ -101,7 +106,7 @@ def run_hey(url: str, body: Path, requests: int, concurrency: int, timeout_s: in
             "120",
             "-o",
             "csv",
-            f"{url}/rerank",
+            f"{url}{path}",
         ],
         capture_output=True,
         text=True,
@@ -138,23 +143,26 @@ def main() -> None:
     results: dict = {"runs": []}
     try:
         model = Path(args.model) if args.model else default_model_dir() or stand_in_model(work)
-        from reranker import CrossEncoder
+        from reranker import open_model
 
-        index_catalog(args.catalog, work / "index", model=CrossEncoder(model))
+        index_catalog(args.catalog, work / "index", model=open_model(model))
         cands = BM25Index.load(work / "index").retrieve(args.query, 100)
         docs = [{"id": c.product.id, "title": c.product.title, **c.product.fields} for c in cands]
         body = work / "body.json"
         body.write_text(json.dumps({"query": args.query, "documents": docs}))
+        search_body = work / "search.json"
+        search_body.write_text(json.dumps({"query": args.query, "k": 100}))
         results |= {"model": str(model), "documents": len(docs), "body_bytes": body.stat().st_size}
         for mode, extra in (("micro-batching", []), ("one at a time", ["--max-batch-pairs", "1"])):
-            url, proc = start(model, extra)
+            url, proc = start(model, extra, work / "index")
             try:
-                run_hey(url, body, 4, 1, args.timeout)  # warm-up
-                for c in args.concurrency:
-                    r = run_hey(url, body, args.requests, c, args.timeout)
-                    r |= {"mode": mode, "concurrency": c}
-                    results["runs"].append(r)
-                    print(json.dumps(r), flush=True)
+                for path, b in (("/rerank", body), ("/search", search_body)):
+                    run_hey(url, b, 4, 1, args.timeout, path)  # warm-up
+                    for c in args.concurrency:
+                        r = run_hey(url, b, args.requests, c, args.timeout, path)
+                        r |= {"mode": mode, "endpoint": path, "concurrency": c}
+                        results["runs"].append(r)
+                        print(json.dumps(r), flush=True)
                 results.setdefault("fallbacks", {})[mode] = fallbacks(url)
             finally:
                 proc.terminate()
@@ -175,11 +183,12 @@ def main() -> None:
         f"\nmodel {results['model']}, {results['documents']} documents per request "
         f"({results['body_bytes']:,} bytes), {args.requests} requests per run\n"
     )
-    print("| server | clients | throughput | p50 | p99 | errors |")
-    print("|---|---|---|---|---|---|")
+    print("| endpoint | server | clients | throughput | p50 | p99 | errors |")
+    print("|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(
-            f"| {r['mode']} | {r['concurrency']} | {r['throughput_rps']:.2f} req/s | "
+            f"| {r['endpoint']} | {r['mode']} | {r['concurrency']} | "
+            f"{r['throughput_rps']:.2f} req/s | "
             f"{r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | {r['errors']} |"
         )
     print(f"\nfallbacks (must be 0): {results['fallbacks']}")

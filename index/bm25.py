@@ -223,22 +223,29 @@ class BM25Index:
             **arrays,
         )
         if manifest.get("product_tokens"):
+            key = manifest["product_tokens"]
             try:
-                index.product_tokens = ProductTokens.load(gen, manifest["product_tokens"])
+                if key.get("kind") == "late-states":
+                    from reranker.late import ProductStates
+
+                    index.product_tokens = ProductStates.load(gen, key)
+                else:
+                    index.product_tokens = ProductTokens.load(gen, key)
             except (OSError, ValueError) as exc:
                 raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
             if len(index.product_tokens) != len(index):
                 raise IndexCorruptError(f"index at {directory} is corrupt: token ids do not agree")
         return index
 
-    def add_product_tokens(self, model) -> None:
-        """Store every product's token ids for ``model`` (a :class:`CrossEncoder`), so that
-        reranking with it tokenises only the query."""
+    def add_product_tokens(self, model, progress: bool = False) -> None:
+        """Store what ``model`` (a :class:`CrossEncoder`) keeps for every product so that
+        reranking with it only works on the query: token ids, or a late-interaction student's
+        encoder states."""
         texts = [p.text(model.config.fields) for p in self.products_at(np.arange(len(self)))]
-        self.product_tokens = ProductTokens.build(model.pairs, texts, model.token_key)
+        self.product_tokens = model.build_store(texts, progress=progress)
 
     def tokens_for(self, key: dict) -> ProductTokens | None:
-        """The stored token ids if they were made for a model with this ``token_key``."""
+        """The stored token ids (or states) if made for a model with this ``token_key``."""
         t = self.product_tokens
         return t if t is not None and t.key == key else None
 

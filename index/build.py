@@ -47,7 +47,7 @@ def index_catalog(
     )
     index = BM25Index.build(catalog, progress=progress)
     if model is not None:
-        index.add_product_tokens(model)
+        index.add_product_tokens(model, progress=progress)
     skipped = [{"row": s.row, "reason": s.reason, "id": s.id} for s in catalog.skipped]
     index.save(index_dir, overwrite=overwrite, skipped=json.dumps(skipped))
     return IndexReport(

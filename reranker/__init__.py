@@ -17,7 +17,7 @@ if not (_Path(__file__).parent / "index").is_dir():
 
 from reranker._version import __version__  # noqa: E402
 from reranker.catalog import Catalog, FieldMapping, Product, read_catalog
-from reranker.crossencoder import CrossEncoder, ModelConfig, Scores
+from reranker.crossencoder import CrossEncoder, ModelConfig, Scores, open_model
 from reranker.errors import (
     CatalogError,
     IndexCorruptError,
@@ -71,6 +71,7 @@ __all__ = [
     "default_model_dir",
     "load_default_model",
     "load_model",
+    "open_model",
     "product_text",
     "read_catalog",
     "searchable_text",

@@ -261,7 +261,8 @@ def index_cmd(
             model = load_model(model_dir)
         report = build.index_catalog(catalog, index_dir, mapping, model=model, **common)
         if model is not None:
-            click.echo(f"stored product token ids for model {model.name}")
+            what = "encoder states" if model.config.architecture == "late" else "token ids"
+            click.echo(f"stored product {what} for model {model.name}")
     if report.skipped:
         where = f" (full list: {report.skipped_file})" if report.skipped_file else ""
         click.echo(

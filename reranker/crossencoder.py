@@ -25,6 +25,7 @@ CONFIG_FILE = "reranker.json"
 FORMAT = "kd-reranker-cross-encoder"
 FORMAT_VERSION = 1
 ACTIVATIONS = ("sigmoid", "identity")
+ARCHITECTURES = ("cross", "late")
 #: A query is cut to this many characters before tokenising (then to the model's token limit).
 MAX_QUERY_CHARS = 2048
 
@@ -40,6 +41,8 @@ class ModelConfig:
     default_variant: str = "fp32"
     pad_token_id: int = 0
     max_query_tokens: int | None = None  # default: half of max_length
+    architecture: str = "cross"  # or "late" (reranker.late: encoder + joint graphs)
+    encoder_files: dict[str, str] = field(default_factory=dict)  # late: variant → encoder graph
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     metadata: dict = field(default_factory=dict)  # base model, training, parity figures, ...
@@ -74,6 +77,12 @@ class ModelConfig:
             raise ModelError(
                 f"{path}: activation must be one of {ACTIVATIONS}, not {cfg.activation!r}"
             )
+        if cfg.architecture not in ARCHITECTURES:
+            raise ModelError(
+                f"{path}: architecture must be one of {ARCHITECTURES}, not {cfg.architecture!r}"
+            )
+        if cfg.architecture == "late" and set(cfg.encoder_files) != set(cfg.files):
+            raise ModelError(f"{path}: a late model needs an encoder graph for each variant")
         if cfg.default_variant not in cfg.files:
             raise ModelError(f"{path}: default_variant {cfg.default_variant!r} is not in files")
         if cfg.max_length < 8:
@@ -109,13 +118,17 @@ class CrossEncoder:
         """``session_options``: onnxruntime ``SessionOptions`` attributes to set (e.g.
         ``{"enable_cpu_mem_arena": False}``; ``graph_optimization_level`` as one of
         ``disable``, ``basic``, ``extended``, ``all``), for tuning and benchmarks."""
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
             raise ModelError(f"model directory not found: {self.model_dir}")
         self.config = ModelConfig.read(self.model_dir)
+        if self.config.architecture == "late" and type(self) is CrossEncoder:
+            raise ModelError(
+                f"{self.model_dir} holds a late-interaction model: load it with "
+                "reranker.open_model() (or reranker.late.LateCrossEncoder)"
+            )
         self.variant = variant or self.config.default_variant
         if self.variant not in self.config.files:
             raise ModelError(
@@ -145,6 +158,19 @@ class CrossEncoder:
         self.latency = LatencyModel()
 
         onnx_path = self.model_dir / self.config.files[self.variant]
+        self.session = self._session(onnx_path, threads, session_options)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self._check_inputs(onnx_path)
+
+    def _session(
+        self,
+        onnx_path: Path,
+        threads: int | None,
+        session_options: dict | None,
+        config_entries: dict[str, str] | None = None,
+    ):
+        import onnxruntime as ort
+
         if not onnx_path.is_file():
             raise ModelError(f"model file missing: {onnx_path}")
         opts = ort.SessionOptions()
@@ -163,15 +189,18 @@ class CrossEncoder:
             if not hasattr(opts, name):
                 raise ModelError(f"onnxruntime SessionOptions has no {name!r}")
             setattr(opts, name, value)
+        for key, value in (config_entries or {}).items():
+            opts.add_session_config_entry(key, value)
         try:
-            self.session = ort.InferenceSession(
+            return ort.InferenceSession(
                 str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {onnx_path}: {_first_line(exc)}") from None
-        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def _check_inputs(self, path: Path) -> None:
         if not {"input_ids", "attention_mask"} <= self.input_names:
-            raise ModelError(f"{onnx_path} lacks inputs input_ids/attention_mask")
+            raise ModelError(f"{path} lacks inputs input_ids/attention_mask")
 
     @property
     def name(self) -> str:
@@ -181,6 +210,17 @@ class CrossEncoder:
         """A query's token ids (no special tokens), cut to the model's query limit."""
         enc = self.tokenizer.encode(query[:MAX_QUERY_CHARS], add_special_tokens=False)
         return np.asarray(enc.ids[: self.max_query_tokens], dtype=np.int32)
+
+    def product_inputs(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """What this model keeps for a product (here its token ids), as :meth:`score_ids` takes
+        them."""
+        return self.pairs.text_ids(texts)
+
+    def build_store(self, texts: Sequence[str], progress: bool = False):
+        """Every product's stored form for an index (:class:`reranker.tokens.ProductTokens`)."""
+        from reranker.tokens import ProductTokens
+
+        return ProductTokens.build(self.pairs, texts, self.token_key)
 
     def score(self, query: str, texts: Sequence[str]) -> Scores:
         """Score ``texts`` (product texts) against ``query``; returns arrays in input order."""
@@ -269,6 +309,16 @@ class CrossEncoder:
         if self.config.activation == "sigmoid":
             return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
         return raw.copy()
+
+
+def open_model(model_dir: str | Path, **kwargs) -> CrossEncoder:
+    """The runtime model of a model directory: a :class:`CrossEncoder`, or a
+    :class:`reranker.late.LateCrossEncoder` for a late-interaction student."""
+    if Path(model_dir).is_dir() and ModelConfig.read(Path(model_dir)).architecture == "late":
+        from reranker.late import LateCrossEncoder
+
+        return LateCrossEncoder(model_dir, **kwargs)
+    return CrossEncoder(model_dir, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:

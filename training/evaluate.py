@@ -173,9 +173,9 @@ def evaluate_system(
 
     text_score: Callable[[str, list[str]], np.ndarray] | None = None
     if model_dir is not None:
-        from reranker.crossencoder import CrossEncoder
+        from reranker.crossencoder import open_model
 
-        model = CrossEncoder(model_dir, variant=variant)
+        model = open_model(model_dir, variant=variant)
         model_fields = model.config.fields if fields is None else tuple(fields)
         activation = model._activate
 

@@ -62,6 +62,19 @@ def export_model(
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ModelError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    from reranker.training.latebert import LATE_FILE
+
+    if (Path(model_path) / LATE_FILE).is_file():
+        return export_late(
+            model_path,
+            out,
+            fields=fields,
+            int8=int8,
+            per_channel=per_channel,
+            metadata=metadata,
+            parity_pairs=parity_pairs,
+            agreement_groups=agreement_groups,
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{model_path}: a fast tokenizer (tokenizer.json) is needed for serving")
@@ -100,14 +113,7 @@ def export_model(
             )
         files = {"fp32": "model.onnx"}
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantize_dynamic(
-                tmp / "model.onnx",
-                tmp / "model.int8.onnx",
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-            )
+            _quantize(tmp / "model.onnx", tmp / "model.int8.onnx", per_channel)
             files["int8"] = "model.int8.onnx"
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
         config = ModelConfig(
@@ -141,10 +147,154 @@ def export_model(
         config = ModelConfig(**{**config.__dict__, "metadata": meta})
         (tmp / CONFIG_FILE).write_text(config.to_json())
 
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(tmp, out)
+        _install(tmp, out)
+    return out
+
+
+def _install(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tmp, out)
+
+
+def _quantize(src: Path, dst: Path, per_channel: bool) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=per_channel)
+
+
+def _inline_shared_weights(path: Path) -> None:
+    """The exporter writes a weight used twice (the last layer's key and value projections, for
+    query and for products) once, the second use through an ``Identity``; the quantizer only
+    quantizes a MatMul whose weight is an initializer, so point such MatMuls at it directly."""
+    import onnx
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    alias = {
+        n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity" and n.input[0] in inits
+    }
+    if not alias:
+        return
+    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, name in enumerate(n.input):
+            if name in alias:
+                n.input[i] = alias[name]
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(model, str(path))
+
+
+def export_late(
+    model_path: str | Path,
+    out: Path,
+    *,
+    fields: Sequence[str] = (),
+    int8: bool = True,
+    per_channel: bool = False,
+    metadata: dict | None = None,
+    parity_pairs: Sequence[tuple[str, str]] = DEFAULT_PARITY_PAIRS,
+    agreement_groups: Sequence[tuple[str, Sequence[str]]] = (),
+) -> Path:
+    """A late-interaction student (``distill --arch late``) → ``encoder.onnx`` and
+    ``joint.onnx`` (variant fp32), ``encoder.int8.onnx`` and ``joint.int8.onnx`` (int8)."""
+    from reranker.late import LateCrossEncoder
+    from reranker.training.latebert import LATE_FILE, EncoderGraph, JointGraph, LateBert
+
+    settings = json.loads((Path(model_path) / LATE_FILE).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_path), attn_implementation="eager"
+    ).eval()
+    late = LateBert(model).eval()
+    max_length, query_max = settings["max_length"], settings["query_max_length"]
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmpdir:
+        tmp = Path(tmpdir)
+        q = tokenizer(["cordless drill"], return_tensors="pt")
+        p = tokenizer([t for _, t in parity_pairs], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            qs = late.encode(q["input_ids"], q["attention_mask"])
+            ps = late.encode(p["input_ids"], p["attention_mask"])
+            torch.onnx.export(
+                EncoderGraph(late).eval(),
+                (p["input_ids"], p["attention_mask"]),
+                str(tmp / "encoder.onnx"),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["states"],
+                dynamic_axes={
+                    n: {0: "batch", 1: "sequence"}
+                    for n in ("input_ids", "attention_mask", "states")
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+            torch.onnx.export(
+                JointGraph(late).eval(),
+                (qs, q["attention_mask"], ps, p["attention_mask"]),
+                str(tmp / "joint.onnx"),
+                input_names=["query_states", "query_mask", "product_states", "product_mask"],
+                output_names=["logits"],
+                dynamic_axes={
+                    "query_states": {0: "query_rows", 1: "query_tokens"},
+                    "query_mask": {0: "query_rows", 1: "query_tokens"},
+                    "product_states": {0: "batch", 1: "product_tokens"},
+                    "product_mask": {0: "batch", 1: "product_tokens"},
+                    "logits": {0: "batch"},
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+        _inline_shared_weights(tmp / "joint.onnx")
+        files = {"fp32": "joint.onnx"}
+        encoders = {"fp32": "encoder.onnx"}
+        if int8:
+            _quantize(tmp / "joint.onnx", tmp / "joint.int8.onnx", per_channel)
+            _quantize(tmp / "encoder.onnx", tmp / "encoder.int8.onnx", per_channel)
+            files["int8"] = "joint.int8.onnx"
+            encoders["int8"] = "encoder.int8.onnx"
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        config = ModelConfig(
+            max_length=max_length,
+            fields=tuple(fields),
+            files=files,
+            default_variant="int8" if int8 else "fp32",
+            pad_token_id=int(tokenizer.pad_token_id or 0),
+            max_query_tokens=query_max,
+            architecture="late",
+            encoder_files=encoders,
+            metadata=dict(
+                metadata or {},
+                graph="late interaction: encoder (L-1 layers) + [CLS]-only joint last layer",
+                architecture=architecture(model.config),
+            ),
+        )
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+
+        diffs = []
+        runtime = LateCrossEncoder(tmp, variant="fp32")
+        for query, text in parity_pairs:
+            qe = tokenizer([query], truncation=True, max_length=query_max, return_tensors="pt")
+            pe = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")
+            with torch.no_grad():
+                ref = late(
+                    qe["input_ids"], qe["attention_mask"], pe["input_ids"], pe["attention_mask"]
+                )
+            # float32 states here: the runtime rounds product states to float16 (as stored)
+            states = runtime.encode_ids(runtime.products_enc.encode([text]))
+            got = runtime.score_ids(runtime.query_ids(query), states).raw[0]
+            diffs.append(abs(float(got) - ref[0, 0].item()))
+        parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
+        if int8 and agreement_groups:
+            parity["int8_vs_fp32"] = ranking_agreement(
+                runtime, LateCrossEncoder(tmp, variant="int8"), agreement_groups
+            )
+        meta = dict(config.metadata, parity=parity)
+        config = ModelConfig(**{**config.__dict__, "metadata": meta})
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+        _install(tmp, out)
     return out
 
 

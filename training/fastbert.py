@@ -65,12 +65,18 @@ class ClsOnlyBert(nn.Module):
         """The last layer at [CLS] only. One query position per sequence, so attention is an
         elementwise product and two sums over positions: no transposes, no small matmuls."""
         att = layer.attention.self
-        b, n, _ = states.shape
-        q = att.query(cls).view(b, 1, self.heads, self.head_dim)
-        k = att.key(states).view(b, n, self.heads, self.head_dim)
-        v = att.value(states).view(b, n, self.heads, self.head_dim)
+        return self._cls_layer(layer, cls, att.key(states), att.value(states), mask)
+
+    def _cls_layer(self, layer, cls, keys, values, mask):
+        """The rest of the last layer at [CLS] (``(b, 1, hidden)`` or ``(1, 1, hidden)``), given
+        the keys and values ``(b, n, hidden)`` of every position and the mask ``(b, n)``."""
+        att = layer.attention.self
+        b, n, _ = keys.shape
+        q = att.query(cls).view(-1, 1, self.heads, self.head_dim)
+        k = keys.view(b, n, self.heads, self.head_dim)
+        v = values.view(b, n, self.heads, self.head_dim)
         scores = (q * k).sum(-1) / math.sqrt(self.head_dim)  # (b, n, heads)
-        scores = scores + (1.0 - mask[:, :, None].to(states.dtype)) * torch.finfo(states.dtype).min
+        scores = scores + (1.0 - mask[:, :, None].to(keys.dtype)) * torch.finfo(keys.dtype).min
         weights = torch.softmax(scores, dim=1)
         ctx = (weights.unsqueeze(-1) * v).sum(1).reshape(b, 1, self.heads * self.head_dim)
         out = layer.attention.output

@@ -70,21 +70,30 @@ class ListwiseMarginMSELoss(nn.Module):
     ) -> Tensor:
         if not (len(queries) == len(candidates) == len(teacher_scores)):
             raise ValueError("queries, candidates and teacher_scores must have the same length")
-        pairs = [(q, d) for q, docs in zip(queries, candidates, strict=True) for d in docs]
-        logits = student_logits(self.model, pairs)
-        width = max(len(c) for c in candidates)
-        s = logits.new_zeros((len(queries), width))
-        t = logits.new_zeros((len(queries), width))
-        mask = torch.zeros((len(queries), width), dtype=torch.bool, device=logits.device)
-        pos = 0
         for row, (docs, ts) in enumerate(zip(candidates, teacher_scores, strict=True)):
             if len(docs) != len(ts):
                 raise ValueError(f"list {row}: {len(docs)} candidates but {len(ts)} teacher scores")
-            s[row, : len(docs)] = logits[pos : pos + len(docs)]
-            t[row, : len(docs)] = torch.as_tensor(ts, dtype=logits.dtype)
-            mask[row, : len(docs)] = True
-            pos += len(docs)
-        return margin_mse_listwise(s, t, mask)
+        pairs = [(q, d) for q, docs in zip(queries, candidates, strict=True) for d in docs]
+        return margin_mse_packed(student_logits(self.model, pairs), teacher_scores)
+
+
+def margin_mse_packed(logits: Tensor, teacher_scores: Sequence[Sequence[float]]) -> Tensor:
+    """:func:`margin_mse_listwise` for the student's logits of all lists one after another
+    (``logits[0:len(list 0)]`` are list 0's, and so on) and the teacher's scores per list."""
+    width = max(len(ts) for ts in teacher_scores)
+    n = len(teacher_scores)
+    s = logits.new_zeros((n, width))
+    t = logits.new_zeros((n, width))
+    mask = torch.zeros((n, width), dtype=torch.bool, device=logits.device)
+    pos = 0
+    for row, ts in enumerate(teacher_scores):
+        s[row, : len(ts)] = logits[pos : pos + len(ts)]
+        t[row, : len(ts)] = torch.as_tensor(ts, dtype=logits.dtype)
+        mask[row, : len(ts)] = True
+        pos += len(ts)
+    if pos != len(logits):
+        raise ValueError(f"{len(logits)} student logits but {pos} teacher scores")
+    return margin_mse_listwise(s, t, mask)
 
 
 def student_logits(model, pairs: Sequence[tuple[str, str]]) -> Tensor:

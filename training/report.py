@@ -4,7 +4,8 @@
         --plot training/student_vs_augmentation.png
 
 Reads ``eval_*.json`` written by ``reranker eval --json`` (``bm25``, ``teacher*``, ``control*``,
-and students named ``student-<kind>-aug<N>``) and ``wall_seconds.txt``; writes a Markdown table
+and students named ``student-<kind>-aug<N>[-e<epochs>]`` or ``late-<kind>-aug<N>[-e<epochs>]``)
+and ``wall_seconds.txt``; writes a Markdown table
 and a PNG of student quality against the number of augmented pairs (a line per student kind),
 with the teacher, the control and BM25 as horizontal lines.
 """
@@ -16,7 +17,8 @@ import json
 import re
 from pathlib import Path
 
-STUDENT = re.compile(r"eval_(student-.*-aug(\d+))\.json$")
+STUDENT = re.compile(r"eval_((?:student|late)-.*-aug(\d+)(?:-e\d+)?)\.json$")
+STUDENT_PREFIXES = ("student-", "late-")
 
 
 def _fixed_order(name: str) -> tuple[int, str]:
@@ -29,10 +31,10 @@ def _fixed_order(name: str) -> tuple[int, str]:
 def load(results: Path) -> tuple[dict[str, dict], list[tuple[int, str, dict]], dict[str, int]]:
     fixed = {}
     names = [p.name[len("eval_") : -len(".json")] for p in results.glob("eval_*.json")]
-    for name in sorted((n for n in names if not n.startswith("student-")), key=_fixed_order):
+    for name in sorted((n for n in names if not n.startswith(STUDENT_PREFIXES)), key=_fixed_order):
         fixed[name] = json.loads((results / f"eval_{name}.json").read_text())
     students = []
-    for path in sorted(results.glob("eval_student-*.json")):
+    for path in sorted(results.glob("eval_*.json")):
         m = STUDENT.search(path.name)
         if m:
             students.append((int(m.group(2)), m.group(1), json.loads(path.read_text())))
@@ -92,7 +94,9 @@ def plot(fixed, students, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     kinds: dict[str, list[tuple[int, dict]]] = {}
     for size, name, m in students:
-        kinds.setdefault(name.rsplit("-aug", 1)[0], []).append((size, m))
+        kind, _, rest = name.rpartition("-aug")
+        epochs = rest.partition("-")[2]
+        kinds.setdefault(f"{kind}-{epochs}" if epochs else kind, []).append((size, m))
     for ax, metric, title in (
         (axes[0], "pair_accuracy", "pair accuracy"),
         (axes[1], "ndcg10", "NDCG@10"),

@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from reranker.crossencoder import CONFIG_FILE, CrossEncoder
+from reranker.crossencoder import CONFIG_FILE, open_model
 from reranker.errors import ModelError
 from reranker.pipeline import PACKAGED_MODEL_DIR
 
@@ -24,13 +24,22 @@ MAX_MB = 30.0
 def ship(
     model_dir: Path, output: Path, card: str, variant: str = "int8", name: str | None = None
 ) -> Path:
-    model = CrossEncoder(model_dir, variant=variant)  # validates the directory
+    model = open_model(model_dir, variant=variant)  # validates the directory
     onnx = model_dir / model.config.files[variant]
-    size = onnx.stat().st_size / 1e6
-    if size > MAX_MB:
-        raise ModelError(f"{onnx} is {size:.1f} MB; the shipped model must be at most {MAX_MB} MB")
+    graphs = [onnx]
     cfg = json.loads((model_dir / CONFIG_FILE).read_text())
-    cfg["files"] = {variant: "model.int8.onnx" if variant == "int8" else onnx.name}
+    if model.config.architecture == "late":
+        graphs.append(model_dir / model.config.encoder_files[variant])
+        cfg["encoder_files"] = {variant: graphs[1].name}
+        cfg["files"] = {variant: onnx.name}
+    else:
+        cfg["files"] = {variant: "model.int8.onnx" if variant == "int8" else onnx.name}
+    size = sum(g.stat().st_size for g in graphs) / 1e6
+    if size > MAX_MB:
+        raise ModelError(
+            f"{', '.join(map(str, graphs))}: {size:.1f} MB; the shipped model must be at most "
+            f"{MAX_MB} MB"
+        )
     cfg["default_variant"] = variant
     if name:
         cfg.setdefault("metadata", {})["name"] = name
@@ -38,10 +47,12 @@ def ship(
         shutil.rmtree(output)
     output.mkdir(parents=True)
     shutil.copyfile(onnx, output / cfg["files"][variant])
+    if len(graphs) > 1:
+        shutil.copyfile(graphs[1], output / graphs[1].name)
     shutil.copyfile(model_dir / "tokenizer.json", output / "tokenizer.json")
     (output / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     (output / "MODEL_CARD.md").write_text(card)
-    CrossEncoder(output)  # the installed copy loads
+    open_model(output)  # the installed copy loads
     return output
 
 
