@@ -323,7 +323,18 @@ def search_cmd(
     if not no_rerank:
         model = load_model(model_dir, variant=variant)
     load_ms = (time.perf_counter() - t0) * 1e3
-    response = SearchPipeline(index, model).search(query, k=k, n=n, budget_ms=budget_ms)
+    pipeline = SearchPipeline(index, model)
+    if (
+        model is not None
+        and model.config.architecture == "late"
+        and pipeline.product_tokens is None
+    ):
+        click.echo(
+            f"note: the index holds no product states for {model.name}, so each candidate is "
+            "encoded now (slow); `reranker index` stores them",
+            err=True,
+        )
+    response = pipeline.search(query, k=k, n=n, budget_ms=budget_ms)
     if as_json:
         click.echo(json.dumps(response.to_dict() | {"load_ms": round(load_ms, 1)}, indent=2))
         return
@@ -463,7 +474,7 @@ def serve_cmd(
     click.echo(
         f"serving on http://{host}:{port} (model: {model.name if model else 'none'}, "
         f"index: {'none' if retriever is None else first_stage.backend}"
-        f"{', product token ids stored' if stored else ''})",
+        f"{', products stored for the model' if stored else ''})",
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -244,3 +244,12 @@ def test_product_states_are_cached_by_text(late_student, monkeypatch):
     off = open_model(late_student[1], variant="fp32", cache_size=0)
     off.score("drill", ["a drill"])
     assert not off._cache
+
+
+def test_search_on_an_index_without_states_says_so(late_student, built_index):
+    env = dict(os.environ, RERANKER_MODEL=str(late_student[1]))
+    result = CliRunner().invoke(
+        main, ["search", "garden hose", "--index-dir", str(built_index)], env=env
+    )
+    assert result.exit_code == 0 and "reranked by" in result.output
+    assert "holds no product states" in result.output
