@@ -233,7 +233,7 @@ class CrossEncoder:
             raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
         t0 = time.perf_counter()
         qids = {q: self.query_ids(q) for q in dict.fromkeys(queries)}
-        products = self.pairs.text_ids(texts) if texts else []
+        products = self.product_inputs(texts) if texts else []
         tokenize_ms = (time.perf_counter() - t0) * 1e3
         scores = self.score_ids([qids[q] for q in queries], products)
         self.last_timings["tokenize_ms"] = tokenize_ms
@@ -287,7 +287,7 @@ class CrossEncoder:
             text = (
                 "DEWALT 20-Volt MAX Lithium-Ion Cordless Compact Drill/Driver Kit | brand: DEWALT"
             )
-            p = self.pairs.text_ids([text])[0]
+            p = self.product_inputs([text])[0]
             self.latency.calibrate(lambda n: self.score_ids(q, [p] * n))
         return self.latency
 

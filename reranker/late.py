@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.crossencoder import CrossEncoder, Scores
+from reranker.crossencoder import MAX_QUERY_CHARS, CrossEncoder, Scores
 from reranker.errors import ModelError
 
 STATES_FILE = "product_states.npy"
@@ -187,8 +187,6 @@ class LateCrossEncoder(CrossEncoder):
     # ------------------------------------------------------------ encoder
     def query_ids(self, query: str) -> np.ndarray:
         """The query's ids with special tokens, cut to the model's query limit."""
-        from reranker.crossencoder import MAX_QUERY_CHARS
-
         return self.queries_enc.encode([query[:MAX_QUERY_CHARS]])[0]
 
     def encode_ids(self, rows: Sequence[np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
@@ -253,17 +251,6 @@ class LateCrossEncoder(CrossEncoder):
         return ProductStates(states, offsets, self.token_key)
 
     # ------------------------------------------------------------ scoring
-    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> Scores:
-        if len(queries) != len(texts):
-            raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
-        t0 = time.perf_counter()
-        qids = {q: self.query_ids(q) for q in dict.fromkeys(queries)}
-        products = self.product_inputs(texts) if texts else []
-        encode_ms = (time.perf_counter() - t0) * 1e3
-        scores = self.score_ids([qids[q] for q in queries], products)
-        self.last_timings["tokenize_ms"] = encode_ms
-        return scores
-
     def score_ids(
         self,
         queries: Sequence[np.ndarray] | np.ndarray,
@@ -320,10 +307,3 @@ class LateCrossEncoder(CrossEncoder):
         timings["post_ms"] = loop_ms + (t6 - t5) * 1e3
         self.latency.observe(len(products), (t6 - t0) * 1e3)
         return Scores(raw, probability)
-
-    def calibrate_latency(self):
-        if not self.latency.calibrated:
-            q = self.query_ids("cordless drill 20 volt")
-            p = self.product_inputs(["DEWALT 20-Volt MAX Lithium-Ion Cordless Compact Drill"])[0]
-            self.latency.calibrate(lambda n: self.score_ids(q, [p] * n))
-        return self.latency

@@ -219,7 +219,7 @@ def test_the_packaged_student_is_the_default(run, built_index):
     assert (reranker.pipeline.PACKAGED_MODEL_DIR / "reranker.json").is_file()
     r = run("search", "cordless drill", "--index-dir", built_index, "--json")
     assert r.exit_code == 0, r.output
-    body = json.loads(r.output)
+    body = json.loads(r.stdout)  # stderr may hold a note (no stored product states)
     from reranker import open_model
 
     packaged = open_model(reranker.pipeline.PACKAGED_MODEL_DIR)

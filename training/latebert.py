@@ -17,6 +17,9 @@ Only the BERT family (``BertForSequenceClassification``: MiniLM, BERT) is suppor
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -147,9 +150,6 @@ class LateStudent:
         ).view(-1)
 
     def save(self, out) -> None:
-        import json
-        from pathlib import Path
-
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         (Path(out) / LATE_FILE).write_text(
