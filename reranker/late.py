@@ -300,10 +300,4 @@ class LateCrossEncoder(CrossEncoder):
             raw[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx), -1)[:, 0]
             timings["tensors_ms"] += (t3 - t2) * 1e3
             timings["inference_ms"] += (t4 - t3) * 1e3
-        t5 = time.perf_counter()
-        probability = self._activate(raw)
-        t6 = time.perf_counter()
-        loop_ms = (t5 - t0) * 1e3 - timings["tensors_ms"] - timings["inference_ms"]
-        timings["post_ms"] = loop_ms + (t6 - t5) * 1e3
-        self.latency.observe(len(products), (t6 - t0) * 1e3)
-        return Scores(raw, probability)
+        return self._finish(raw, t0, timings)

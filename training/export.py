@@ -138,17 +138,22 @@ def export_model(
             with torch.no_grad():
                 ref = model(**enc).logits[0, 0].item()
             diffs.append(abs(float(runtime.score(q, [t]).raw[0]) - ref))
-        parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
-        if int8 and agreement_groups:
-            parity["int8_vs_fp32"] = ranking_agreement(
-                runtime, CrossEncoder(tmp, variant="int8"), agreement_groups
-            )
-        meta = dict(config.metadata, parity=parity)
-        config = ModelConfig(**{**config.__dict__, "metadata": meta})
-        (tmp / CONFIG_FILE).write_text(config.to_json())
+        _write_parity(tmp, config, runtime, diffs, int8, agreement_groups)
 
         _install(tmp, out)
     return out
+
+
+def _write_parity(tmp: Path, config: ModelConfig, runtime, diffs, int8: bool, groups) -> None:
+    """Store the parity figures in the config: fp32 vs torch (``diffs``) and, with judged
+    ``groups``, the int8 variant's ranking against ``runtime`` (the fp32 one)."""
+    parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
+    if int8 and groups:
+        int8_model = type(runtime)(tmp, variant="int8")
+        parity["int8_vs_fp32"] = ranking_agreement(runtime, int8_model, groups)
+    meta = dict(config.metadata, parity=parity)
+    config = ModelConfig(**{**config.__dict__, "metadata": meta})
+    (tmp / CONFIG_FILE).write_text(config.to_json())
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -286,14 +291,7 @@ def export_late(
             states = runtime.encode_ids(runtime.products_enc.encode([text]))
             got = runtime.score_ids(runtime.query_ids(query), states).raw[0]
             diffs.append(abs(float(got) - ref[0, 0].item()))
-        parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
-        if int8 and agreement_groups:
-            parity["int8_vs_fp32"] = ranking_agreement(
-                runtime, LateCrossEncoder(tmp, variant="int8"), agreement_groups
-            )
-        meta = dict(config.metadata, parity=parity)
-        config = ModelConfig(**{**config.__dict__, "metadata": meta})
-        (tmp / CONFIG_FILE).write_text(config.to_json())
+        _write_parity(tmp, config, runtime, diffs, int8, agreement_groups)
         _install(tmp, out)
     return out
 
