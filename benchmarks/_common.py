@@ -58,14 +58,16 @@ def matmul_flops(arch: dict, lengths, cls_only: bool = True) -> int:
 
 
 def late_flops(arch: dict, query_length: int, product_lengths) -> int:
-    """Multiply-adds × 2 per query of a late-interaction student at query time: the query
-    through the first ``L - 1`` layers, then per product the keys and values of its stored
-    states and the [CLS]-only last layer (query keys/values computed once), pooler, classifier."""
+    """Multiply-adds × 2 per query of a late-interaction student at query time, as its joint
+    graph computes it: the query through the first ``L - 1`` layers, the last layer's ``[CLS]``
+    query vector and the query tokens' keys, values and attention terms (once per query); per
+    product the keys and values of its stored states, the attention terms of its tokens, and the
+    rest of the ``[CLS]`` layer (output projection, feed-forward), pooler and classifier."""
     hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
     n = query_length
     total = (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid)
-    total += n * 2 * hid * hid  # the query's keys and values in the last layer
+    total += hid * hid + n * 2 * hid * hid + 2 * n * hid  # [CLS] query; query keys/values, terms
     for m in product_lengths:
-        total += m * 2 * hid * hid + 2 * (n + m) * hid  # product keys/values, attention
-        total += 2 * hid * hid + 2 * hid * inter + hid * hid + hid  # [CLS] q, out, FFN, head
+        total += m * 2 * hid * hid + 2 * m * hid  # product keys/values, attention terms
+        total += hid * hid + 2 * hid * inter + hid * hid + hid  # output, FFN, pooler, classifier
     return 2 * total

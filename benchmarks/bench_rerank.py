@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,48 +54,49 @@ def percentile(values, q) -> float:
 # --------------------------------------------------------------------------- machine peak
 def measure_peak(threads: int, seconds: float = 2.0) -> dict:
     """GFLOP/s (fp32 MatMul) and GOP/s (int8 MatMulInteger, u8 × s8) of ONNX Runtime on large
-    products, best of a few shapes."""
-    import onnx
+    products: best of a few shapes, with the right-hand matrix fed per call and stored in the
+    graph (a weight, which ONNX Runtime packs once, as it does the models' weights)."""
     import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
-    def graph(op, a_type, b_type, out_type):
+    def graph(op, a_type, b, out_type, const):
         a = helper.make_tensor_value_info("a", a_type, ["m", "k"])
-        b = helper.make_tensor_value_info("b", b_type, ["k", "n"])
         y = helper.make_tensor_value_info("y", out_type, ["m", "n"])
-        g = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "peak", [a, b], [y])
+        inits = [numpy_helper.from_array(b, "b")] if const else []
+        inputs = [a] if const else [a, helper.make_tensor_value_info("b", b_type(b), ["k", "n"])]
+        g = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], "peak", inputs, [y], inits)
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString()
+        return model.SerializeToString()
+
+    def b_type(b):
+        return TensorProto.FLOAT if b.dtype == np.float32 else TensorProto.INT8
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sessions = {
-        "fp32": ort.InferenceSession(
-            graph("MatMul", TensorProto.FLOAT, TensorProto.FLOAT, TensorProto.FLOAT), opts
-        ),
-        "int8": ort.InferenceSession(
-            graph("MatMulInteger", TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32), opts
-        ),
-    }
     rng = np.random.default_rng(0)
     out = {}
-    for fmt, sess in sessions.items():
+    for fmt in ("fp32", "int8"):
         best = 0.0
-        for m, k, n in ((4096, 1024, 1024), (2048, 384, 1536), (2048, 1536, 384)):
+        for m, k, n in ((4096, 1024, 1024), (2048, 384, 1536), (2048, 1536, 384), (2048, 384, 384)):
             if fmt == "fp32":
                 a = rng.standard_normal((m, k), dtype=np.float32)
                 b = rng.standard_normal((k, n), dtype=np.float32)
+                op, a_t, o_t = "MatMul", TensorProto.FLOAT, TensorProto.FLOAT
             else:
                 a = rng.integers(0, 255, (m, k), dtype=np.uint8)
                 b = rng.integers(-127, 127, (k, n), dtype=np.int8)
-            sess.run(None, {"a": a, "b": b})
-            runs, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < seconds / 3:
-                sess.run(None, {"a": a, "b": b})
-                runs += 1
-            best = max(best, 2 * m * k * n * runs / (time.perf_counter() - t0) / 1e9)
+                op, a_t, o_t = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
+            for const in (False, True):
+                sess = ort.InferenceSession(graph(op, a_t, b, o_t, const), opts)
+                feeds = {"a": a} if const else {"a": a, "b": b}
+                sess.run(None, feeds)
+                runs, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds / 8:
+                    sess.run(None, feeds)
+                    runs += 1
+                best = max(best, 2 * m * k * n * runs / (time.perf_counter() - t0) / 1e9)
         out[fmt] = best
     return out
 
@@ -173,7 +175,8 @@ class StoredRows(dict):
 
 
 def candidate_states(model, index, rows_per_query) -> StoredRows:
-    """A late model's float16 states of the candidates' products, as an index stores them."""
+    """A late model's stored states (int8 per token) of the candidates' products, as an index
+    stores them."""
     rows = sorted({r for rs in rows_per_query for r in rs})
     texts = [p.text(model.config.fields) for p in index.products_at(rows)]
     states = model.build_store(texts)
@@ -373,7 +376,20 @@ def quality(judged_path, catalog_texts, fields, scorer) -> dict:
     return {"ndcg10": m.ndcg10, "pair_accuracy": m.pair_accuracy, "queries": m.queries}
 
 
+def replot(json_paths: list[str], path: str) -> None:
+    """One frontier plot of the models of several runs' JSON files."""
+    merged: dict = {"models": [], "baselines": {}}
+    for p in json_paths:
+        result = json.loads(Path(p).read_text())
+        merged["models"] += result["models"]
+        merged["baselines"].update(result.get("baselines", {}))
+    plot(merged, path)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--replot":  # --replot OUT.png RUN.json [RUN.json ...]
+        replot(sys.argv[3:], sys.argv[2])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalog", default="demo/products.parquet")
     ap.add_argument("--queries", required=True, help="Parquet file with a 'query' column (dev)")

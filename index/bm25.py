@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -32,6 +33,28 @@ FORMAT = "kd-reranker-bm25"
 FORMAT_VERSION = 1
 #: Query tokens beyond this are ignored (a query is not a document).
 MAX_QUERY_TOKENS = 256
+
+
+def _load_product_store(directory: Path, gen: Path, key: dict):
+    """The per-product store an index keeps for one reranker (token ids, or a late student's
+    encoder states); ``None``, with a warning, for states in a format this version no longer
+    reads (the index still searches; rerankers then encode products on the fly)."""
+    from reranker.late import ProductStates
+
+    kind = key.get("kind")
+    try:
+        if kind == ProductStates.kind:
+            return ProductStates.load(gen, key)
+        if str(kind).startswith("late-states"):
+            warnings.warn(
+                f"index at {directory}: its stored product states ({kind}) are of an older "
+                f"format ({ProductStates.kind} now) and are not used; run `reranker index` again",
+                stacklevel=3,
+            )
+            return None
+        return ProductTokens.load(gen, key)
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
 
 
 class BM25Index:
@@ -223,17 +246,8 @@ class BM25Index:
             **arrays,
         )
         if manifest.get("product_tokens"):
-            key = manifest["product_tokens"]
-            try:
-                if key.get("kind") == "late-states":
-                    from reranker.late import ProductStates
-
-                    index.product_tokens = ProductStates.load(gen, key)
-                else:
-                    index.product_tokens = ProductTokens.load(gen, key)
-            except (OSError, ValueError) as exc:
-                raise IndexCorruptError(f"index at {directory} is corrupt: {exc}") from None
-            if len(index.product_tokens) != len(index):
+            index.product_tokens = _load_product_store(directory, gen, manifest["product_tokens"])
+            if index.product_tokens is not None and len(index.product_tokens) != len(index):
                 raise IndexCorruptError(f"index at {directory} is corrupt: token ids do not agree")
         return index
 

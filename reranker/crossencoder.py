@@ -288,12 +288,14 @@ class CrossEncoder:
         budget from the first query on (done once; later calls keep it current)."""
         if not self.latency.calibrated:
             q = self.query_ids("cordless drill 20 volt")
-            text = (
-                "DEWALT 20-Volt MAX Lithium-Ion Cordless Compact Drill/Driver Kit | brand: DEWALT"
-            )
-            p = self.product_inputs([text])[0]
+            p = self._typical_product()
             self.latency.calibrate(lambda n: self.score_ids(q, [p] * n))
         return self.latency
+
+    def _typical_product(self) -> np.ndarray:
+        """A product's model input of typical size, for timing."""
+        text = "DEWALT 20-Volt MAX Lithium-Ion Cordless Compact Drill/Driver Kit | brand: DEWALT"
+        return self.product_inputs([text])[0]
 
     def score_products(
         self, query: str, products: Sequence[Product], token_ids: Sequence[np.ndarray] | None = None

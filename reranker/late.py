@@ -4,10 +4,12 @@ A late student (trained by ``reranker distill --arch late``; the model is descri
 ``reranker/training/latebert.py``) is exported as two graphs:
 
 - ``encoder.onnx`` (and ``encoder.int8.onnx``): ``[CLS] text [SEP]`` token ids → states after
-  all layers but the last. Run over every product when the catalog is indexed (stored as
-  float16 with the index, see :class:`ProductStates`) and over the query, once per query;
+  all layers but the last. Run over every product when the catalog is indexed (stored as int8
+  per token with the index, see :func:`quantize_states` and :class:`ProductStates`) and over the
+  query, once per query;
 - ``joint.onnx`` (and ``joint.int8.onnx``): the last layer at the query's ``[CLS]`` over the
-  query's and ``k`` products' states → ``k`` logits.
+  query's states and the ``k`` products' stored states, packed back to back without padding →
+  ``k`` logits (``reranker/training/latejoint.py`` builds it).
 
 Per query the work is the query's encoding plus one attention step per candidate, instead of a
 whole cross-encoder per candidate. Without stored states (another retriever, or texts sent to the
@@ -31,6 +33,14 @@ from reranker.crossencoder import MAX_QUERY_CHARS, CrossEncoder, Scores
 from reranker.errors import ModelError
 
 STATES_FILE = "product_states.npy"
+JOINT_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "product_states",
+    "product_scales",
+    "token_pair",
+    "pair_query",
+)
 STATE_OFFSETS_FILE = "product_state_offsets.npy"
 
 
@@ -69,7 +79,7 @@ def pad(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.nda
 
 
 def stack_states(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-product states ``(tokens, hidden)`` → padded float32 ``(n, longest, hidden)`` + mask."""
+    """Per-query states ``(tokens, hidden)`` → padded float32 ``(n, longest, hidden)`` + mask."""
     width = max(len(r) for r in rows)
     out = np.zeros((len(rows), width, rows[0].shape[1]), dtype=np.float32)
     mask = np.zeros((len(rows), width), dtype=np.int64)
@@ -79,16 +89,51 @@ def stack_states(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+#: Stored states are symmetric int8 per token, shifted by this into uint8.
+ZERO_POINT = 128
+SCALE_BYTES = 4
+
+
+def quantize_states(states: np.ndarray) -> np.ndarray:
+    """A product's encoder states ``(tokens, hidden)`` float → its stored form: uint8
+    ``(tokens, hidden + 4)``, each row the token's states as int8 + :data:`ZERO_POINT` (scale:
+    the row's largest magnitude / 127) followed by that scale as little-endian float32 bytes."""
+    states = np.asarray(states, dtype=np.float32)
+    n, hidden = states.shape
+    scale = np.maximum(np.abs(states).max(axis=1, keepdims=True), 1e-12) / 127.0
+    out = np.empty((n, hidden + SCALE_BYTES), dtype=np.uint8)
+    out[:, :hidden] = np.clip(np.rint(states / scale), -127, 127) + ZERO_POINT
+    out[:, hidden:] = scale.astype("<f4").view(np.uint8)
+    return out
+
+
+def split_states(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stored rows (:func:`quantize_states`, any number of products back to back) → the joint
+    graph's ``product_states`` (uint8 ``(tokens, hidden)``) and ``product_scales`` (``(tokens, 1)``
+    float32)."""
+    hidden = rows.shape[1] - SCALE_BYTES
+    states = np.ascontiguousarray(rows[:, :hidden])
+    scales = np.ascontiguousarray(rows[:, hidden:]).view("<f4").astype(np.float32, copy=False)
+    return states, scales
+
+
+def dequantize_states(rows: np.ndarray) -> np.ndarray:
+    """Stored rows → the float32 states they stand for ``(tokens, hidden)``."""
+    states, scales = split_states(rows)
+    return (states.astype(np.float32) - ZERO_POINT) * scales
+
+
 class ProductStates:
-    """Every product's encoder states for one late model (``key``), float16, stored ragged:
-    product ``r`` is ``states[offsets[r]:offsets[r + 1]]``.
+    """Every product's encoder states for one late model (``key``) in their stored form
+    (:func:`quantize_states`: uint8 rows of ``hidden + 4`` bytes), ragged: product ``r`` is
+    ``states[offsets[r]:offsets[r + 1]]``.
 
     A loaded store reads the rows it is asked for from the file (``os.pread``) instead of mapping
     the file into memory: the operating system's page cache keeps the hot part, and the process's
     resident memory does not grow with every product ever touched (with a memory map it grew by
     ~1.6 MB per 100 random rows here, the kernel mapping whole large folios)."""
 
-    kind = "late-states"
+    kind = "late-states-int8"
 
     def __init__(
         self, states: np.ndarray | None, offsets: np.ndarray, key: dict, file=None
@@ -103,20 +148,19 @@ class ProductStates:
 
     @property
     def nbytes(self) -> int:
-        hidden = self.states.shape[1] if self.states is not None else self._file[2]
-        return int(self.offsets[-1]) * hidden * 2 + int(self.offsets.nbytes)
+        width = self.states.shape[1] if self.states is not None else self._file[2]
+        return int(self.offsets[-1]) * width + int(self.offsets.nbytes)
 
     def rows(self, rows: Sequence[int]) -> list[np.ndarray]:
         o = self.offsets
         if self.states is not None:
             return [self.states[o[r] : o[r + 1]] for r in rows]
-        fd, start, hidden, _ = self._file
-        width = hidden * 2
+        fd, start, width, _ = self._file
         out = []
         for r in rows:
             a, b = int(o[r]), int(o[r + 1])
             buf = os.pread(fd, (b - a) * width, start + a * width)
-            out.append(np.frombuffer(buf, dtype=np.float16).reshape(b - a, hidden))
+            out.append(np.frombuffer(buf, dtype=np.uint8).reshape(b - a, width))
         return out
 
     def save(self, directory: Path) -> dict:
@@ -131,15 +175,15 @@ class ProductStates:
     def load(cls, directory: Path, key: dict) -> ProductStates:
         path = directory / STATES_FILE
         header = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
-        if header.dtype != np.float16 or header.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-d float16 array")
-        start, hidden, rows = header.offset, header.shape[1], header.shape[0]
+        if header.dtype != np.uint8 or header.ndim != 2:
+            raise ValueError(f"{path}: expected a 2-d uint8 array")
+        start, width, rows = header.offset, header.shape[1], header.shape[0]
         del header
         offsets = np.load(directory / STATE_OFFSETS_FILE, allow_pickle=False)
         if len(offsets) == 0 or int(offsets[-1]) != rows:
             raise ValueError(f"{path}: {rows} token rows but the offsets say {offsets[-1:]}")
         fd = os.open(path, os.O_RDONLY)
-        store = cls(None, offsets, dict(key), (fd, start, hidden, str(path)))
+        store = cls(None, offsets, dict(key), (fd, start, width, str(path)))
         weakref.finalize(store, os.close, fd)
         return store
 
@@ -149,11 +193,15 @@ class LateCrossEncoder(CrossEncoder):
     :class:`~reranker.crossencoder.CrossEncoder`. A product's stored form (what an index keeps,
     :meth:`product_inputs`) is its encoder states instead of its token ids."""
 
-    def __init__(self, model_dir: str | Path, *, cache_size: int = 10_000, **kwargs):
+    def __init__(
+        self, model_dir: str | Path, *, cache_size: int = 10_000, batch_size: int = 256, **kwargs
+    ):
         """``cache_size``: product texts whose states are kept (LRU) for :meth:`product_inputs`,
         so products sent as text again (``/rerank``) are not encoded again; 0 turns it off.
-        Other arguments as :class:`~reranker.crossencoder.CrossEncoder`'s."""
-        super().__init__(model_dir, **kwargs)
+        ``batch_size``: pairs per joint-graph call (their tokens packed into one matrix product;
+        more pairs per call keep it large). Other arguments as
+        :class:`~reranker.crossencoder.CrossEncoder`'s."""
+        super().__init__(model_dir, batch_size=batch_size, **kwargs)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -161,14 +209,9 @@ class LateCrossEncoder(CrossEncoder):
         if cfg.architecture != "late":
             raise ModelError(f"{self.model_dir} is not a late-interaction model")
         enc_path = self.model_dir / cfg.encoder_files[self.variant]
-        # The encoder runs just before the joint graph: its idle threads must not spin (busy-wait
-        # for more work), or they take the cores from the joint graph (measured: 2x slower).
-        self.encoder = self._session(
-            enc_path,
-            kwargs.get("threads"),
-            kwargs.get("session_options"),
-            {"session.intra_op.allow_spinning": "0"},
-        )
+        self._encoder_args = (enc_path, kwargs.get("threads"), kwargs.get("session_options"))
+        self._encoder = None  # the product encoder's session, made on first use
+        self._encoder_lock = threading.Lock()
         self.products_enc = TextEncoder(self.tokenizer, cfg.max_length)
         self.queries_enc = TextEncoder(self.tokenizer, self.max_query_tokens)
         self.token_key = {
@@ -180,11 +223,33 @@ class LateCrossEncoder(CrossEncoder):
         }
 
     def _check_inputs(self, path: Path) -> None:
-        need = {"query_states", "query_mask", "product_states", "product_mask"}
+        need = set(JOINT_INPUTS)
         if not need <= self.input_names:
-            raise ModelError(f"{path} lacks the inputs of a joint graph: {sorted(need)}")
+            raise ModelError(
+                f"{path} lacks the inputs of a packed joint graph: {sorted(need)}"
+                " (a model exported before the packed graph: export it again)"
+            )
 
     # ------------------------------------------------------------ encoder
+    @property
+    def encoder(self):
+        """The product encoder's session (index time, and products sent as text). Loaded on
+        first use: a process that serves stored states never holds it. Its weights are stored as
+        int8 and computed in float32 (``disable_quant_qdq`` lets ONNX Runtime fold them once);
+        its idle threads do not spin, so it does not take the cores from the joint graph when
+        both run in one process (with spinning, scoring time doubled)."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    path, threads, opts = self._encoder_args
+                    self._encoder = self._session(
+                        path,
+                        threads,
+                        opts,
+                        {"session.intra_op.allow_spinning": "0", "session.disable_quant_qdq": "1"},
+                    )
+        return self._encoder
+
     def query_ids(self, query: str) -> np.ndarray:
         """The query's ids with special tokens, cut to the model's query limit."""
         return self.queries_enc.encode([query[:MAX_QUERY_CHARS]])[0]
@@ -202,12 +267,12 @@ class LateCrossEncoder(CrossEncoder):
         return out
 
     def encode_texts(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Encoder states of product texts as an index stores them: float16 ``(tokens, hidden)``."""
+        """Encoder states of product texts as an index stores them (:func:`quantize_states`)."""
         states = self.encode_ids(self.products_enc.encode(texts)) if len(texts) else []
-        return [s.astype(np.float16) for s in states]
+        return [quantize_states(s) for s in states]
 
     def product_inputs(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """What this model reads of each product: its encoder states, float16 like stored ones
+        """What this model reads of each product: its encoder states, quantised like stored ones
         (so a product scores the same whether its states come from an index, the cache or are
         computed now). Each distinct text is encoded once; recent ones are cached."""
         out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
@@ -232,6 +297,14 @@ class LateCrossEncoder(CrossEncoder):
                     self._cache.popitem(last=False)
         return out
 
+    def _typical_product(self) -> np.ndarray:
+        """Stored states of a typical title's size (20 tokens), made up: timing the joint graph
+        needs only their shape, and encoding a real text would load the product encoder."""
+        shape = next(i.shape for i in self.session.get_inputs() if i.name == "product_states")
+        hidden = int(shape[1])
+        rng = np.random.default_rng(0)
+        return quantize_states(rng.normal(size=(20, hidden)).astype(np.float32))
+
     def build_store(self, texts: Sequence[str], progress: bool = False, batch: int = 1024):
         """Every product's states, for storing with an index (the slow part of indexing)."""
         from tqdm.auto import tqdm
@@ -246,8 +319,8 @@ class LateCrossEncoder(CrossEncoder):
                 bar.update(len(chunk))
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(p) for p in parts])
-        hidden = parts[0].shape[1] if parts else 0
-        states = np.concatenate(parts) if parts else np.zeros((0, hidden), dtype=np.float16)
+        width = parts[0].shape[1] if parts else 0
+        states = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.uint8)
         return ProductStates(states, offsets, self.token_key)
 
     # ------------------------------------------------------------ scoring
@@ -268,36 +341,38 @@ class LateCrossEncoder(CrossEncoder):
         if not len(products):
             return Scores(raw, raw.copy())
         t0 = time.perf_counter()
-        which: dict[bytes, int] = {}  # distinct queries, encoded together in one call
-        q_of = np.fromiter(
-            (
-                which.setdefault(np.asarray(q, dtype=np.int64).tobytes(), len(which))
-                for q in queries
-            ),
-            dtype=np.int64,
-            count=len(queries),
-        )
-        q_states = self.encode_ids([np.frombuffer(k, dtype=np.int64) for k in which])
-        t1 = time.perf_counter()
-        timings["inference_ms"] += (t1 - t0) * 1e3
+        if len(queries) and all(q is queries[0] for q in queries):  # the usual case: one query
+            q_of = np.zeros(len(products), dtype=np.int64)
+            distinct = [np.asarray(queries[0], dtype=np.int64)]
+        else:  # requests merged by the service: each distinct query once
+            which: dict[bytes, int] = {}
+            q_of = np.fromiter(
+                (
+                    which.setdefault(np.asarray(q, dtype=np.int64).tobytes(), len(which))
+                    for q in queries
+                ),
+                dtype=np.int64,
+                count=len(queries),
+            )
+            distinct = [np.frombuffer(k, dtype=np.int64) for k in which]
+        q_ids, q_mask = pad(distinct, self.config.pad_token_id)
         lengths = np.fromiter((len(p) for p in products), dtype=np.int64, count=len(products))
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), step):
+        for start in range(0, len(products), step):
             t2 = time.perf_counter()
-            idx = order[start : start + step]
-            p, pm = stack_states([products[i] for i in idx])
-            used = np.unique(q_of[idx])
-            if len(used) == 1:  # one query for the batch: its keys/values are computed once
-                q = q_states[used[0]][None].astype(np.float32, copy=False)
-                qm = np.ones((1, len(q[0])), dtype=np.int64)
-            else:  # requests merged by the service: a query row per pair
-                q, qm = stack_states([q_states[j] for j in q_of[idx]])
+            stop = min(start + step, len(products))
+            states, scales = split_states(np.concatenate(products[start:stop]))
+            feeds = {
+                "input_ids": q_ids,
+                "attention_mask": q_mask,
+                "product_states": states,
+                "product_scales": scales,
+                "token_pair": np.repeat(np.arange(stop - start), lengths[start:stop]),
+                "pair_query": q_of[start:stop],
+            }
             t3 = time.perf_counter()
-            logits = self.session.run(
-                None, {"query_states": q, "query_mask": qm, "product_states": p, "product_mask": pm}
-            )[0]
+            logits = self.session.run(None, feeds)[0]
             t4 = time.perf_counter()
-            raw[idx] = np.asarray(logits, dtype=np.float32).reshape(len(idx), -1)[:, 0]
+            raw[start:stop] = np.asarray(logits, dtype=np.float32).reshape(stop - start, -1)[:, 0]
             timings["tensors_ms"] += (t3 - t2) * 1e3
             timings["inference_ms"] += (t4 - t3) * 1e3
         return self._finish(raw, t0, timings)

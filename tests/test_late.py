@@ -85,7 +85,7 @@ def test_export_writes_encoder_and_joint_graphs_equal_to_torch(late_student):
     cfg = json.loads((onnx_dir / "reranker.json").read_text())
     assert cfg["architecture"] == "late"
     assert cfg["files"] == {"fp32": "joint.onnx", "int8": "joint.int8.onnx"}
-    assert cfg["encoder_files"] == {"fp32": "encoder.onnx", "int8": "encoder.int8.onnx"}
+    assert cfg["encoder_files"] == {"fp32": "encoder.onnx", "int8": "encoder.w8.onnx"}
     assert cfg["fields"] == ["brand"] and cfg["max_length"] == 24 and cfg["max_query_tokens"] == 8
     assert cfg["metadata"]["parity"]["fp32_vs_torch_max_abs_diff"] < 1e-4
     model = open_model(onnx_dir)
@@ -101,7 +101,7 @@ def test_ship_installs_both_graphs_of_a_late_model(late_student, tmp_path):
     out = ship(late_student[1], tmp_path / "shipped", "# card\n")
     assert sorted(p.name for p in out.iterdir()) == [
         "MODEL_CARD.md",
-        "encoder.int8.onnx",
+        "encoder.w8.onnx",
         "joint.int8.onnx",
         "reranker.json",
         "tokenizer.json",
@@ -150,6 +150,129 @@ def test_shared_query_row_gives_the_per_pair_scores(late_student):
     assert torch.allclose(shared, per_row, atol=1e-6)
 
 
+def _packed_feeds(q_states, q_mask, stored, pair_query):
+    from reranker.late import split_states
+
+    states, scales = split_states(np.concatenate(stored))
+    return {
+        "query_states": q_states,
+        "query_mask": q_mask,
+        "product_states": states,
+        "product_scales": scales,
+        "token_pair": np.repeat(np.arange(len(stored)), [len(r) for r in stored]),
+        "pair_query": np.asarray(pair_query, dtype=np.int64),
+    }
+
+
+def test_packed_joint_graph_equals_torch_on_the_stored_states(late_student):
+    """The hand-built graph (packed tokens, per-product sums by ScatterND, the [CLS] query as a
+    block-diagonal matrix) gives LateBert.joint's numbers for queries of different lengths
+    (padded query rows) and products of different lengths, pair by pair."""
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification
+
+    from reranker.late import dequantize_states, quantize_states
+    from reranker.training.latebert import LateBert
+    from reranker.training.latejoint import build_joint
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(late_student[0])).eval()
+    late = LateBert(model).eval()
+    hidden = model.config.hidden_size
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 6, hidden, generator=g)
+    qm = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    stored = [quantize_states(torch.randn(n, hidden, generator=g).numpy()) for n in (3, 9, 1, 5)]
+    pair_query = [1, 0, 0, 1]
+    want = []
+    with torch.no_grad():
+        for rows, j in zip(stored, pair_query, strict=True):
+            p = torch.from_numpy(dequantize_states(rows))[None]
+            want.append(late.joint(q[j : j + 1], qm[j : j + 1], p, torch.ones(p.shape[:2]))[0, 0])
+    feeds = _packed_feeds(q.numpy(), qm.numpy(), stored, pair_query)
+    for int8, tol in ((False, 1e-5), (True, 5e-2)):
+        graph = build_joint(late, int8=int8).SerializeToString()
+        got = ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        np.testing.assert_allclose(got[:, 0], np.array(want), atol=tol)
+
+
+def test_stored_states_round_trip_within_half_a_step():
+    from reranker.late import dequantize_states, quantize_states, split_states
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(7, 16)) * [[1], [10], [0.1], [1], [3], [1], [100]]).astype(np.float32)
+    x[3] = 0.0  # an all-zero token keeps a usable scale
+    stored = quantize_states(x)
+    assert stored.dtype == np.uint8 and stored.shape == (7, 16 + 4)
+    states, scales = split_states(stored)
+    assert states.flags.c_contiguous and scales.shape == (7, 1) and scales.dtype == np.float32
+    assert np.all(np.abs(dequantize_states(stored) - x) <= scales / 2 + 1e-7)
+
+
+def test_integer_key_value_product_does_not_saturate():
+    """The AVX2 u8 x s8 kernel adds pairs of byte products in 16 bits: with 8-bit weights and
+    extreme states (255, 255) it overflows. The exporter's 7-bit weights keep it exact."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reranker.training.latejoint import WEIGHT_MAX, ZERO_POINT, quantize_weight
+
+    rng = np.random.default_rng(0)
+    w, col = quantize_weight(rng.normal(size=(64, 32)).astype(np.float32))
+    assert np.abs(w).max() == WEIGHT_MAX
+    w[:, 0] = WEIGHT_MAX  # the worst column
+    node = helper.make_node(
+        "MatMulIntegerToFloat", ["a", "w", "s", "ws", "zp"], ["y"], domain="com.microsoft"
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "s"),
+            numpy_helper.from_array(col, "ws"),
+            numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "zp"),
+        ],
+    )
+    onnx_model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx_model.ir_version = 8
+    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = np.vstack([np.full((1, 64), 255), np.full((1, 64), 1), rng.integers(1, 256, (30, 64))])
+    a = a.astype(np.uint8)
+    got = sess.run(None, {"a": a})[0]
+    exact = ((a.astype(np.int64) - ZERO_POINT) @ w.astype(np.int64)) * col
+    np.testing.assert_allclose(got, exact, rtol=1e-5)
+
+
+def test_runtime_scores_the_same_in_any_number_of_calls(late_student):
+    # fp32: exactly; the int8 variant quantises the per-pair layer's activations per call (one
+    # scale for the call), so there a score moves slightly with the other pairs of its call
+    model = open_model(late_student[1], variant="fp32")
+    texts = ["cordless drill kit", "garden hose 50 ft", "white toilet seat", "led bulb"] * 4
+    stored = model.product_inputs(texts)
+    q = model.query_ids("drill")
+    one = model.score_ids(q, stored).raw
+    np.testing.assert_allclose(model.score_ids(q, stored, batch_size=3).raw, one, atol=1e-6)
+
+
+def test_index_with_states_of_the_older_format_warns_and_still_searches(
+    late_student, catalog_csv, tmp_path
+):
+    model = open_model(late_student[1], variant="fp32")
+    index_catalog(catalog_csv, tmp_path / "idx", model=model)
+    manifests = list((tmp_path / "idx").glob("gen-*/manifest.json"))
+    assert len(manifests) == 1
+    manifest = json.loads(manifests[0].read_text())
+    manifest["product_tokens"]["kind"] = "late-states"  # what the float16 format was called
+    manifests[0].write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="older format"):
+        index = BM25Index.load(tmp_path / "idx")
+    assert index.product_tokens is None and index.retrieve("cordless drill", 3)
+
+
 def test_index_stores_states_and_search_uses_them(late_student, catalog_csv, tmp_path):
     model = open_model(late_student[1], variant="fp32")
     index_catalog(catalog_csv, tmp_path / "idx", model=model)
@@ -161,7 +284,7 @@ def test_index_stores_states_and_search_uses_them(late_student, catalog_csv, tmp
         [p.text(model.config.fields) for p in index.products_at(range(len(index)))]
     )
     for a, b in zip(stored.rows(range(len(index))), built.rows(range(len(index))), strict=True):
-        assert a.dtype == np.float16 and np.array_equal(a, b)
+        assert a.dtype == np.uint8 and np.array_equal(a, b)
     assert index.tokens_for({**model.token_key, "encoder_sha256": "other"}) is None
 
     pipeline = SearchPipeline(index, model, k=20, n=20)
@@ -253,3 +376,11 @@ def test_search_on_an_index_without_states_says_so(late_student, built_index):
     )
     assert result.exit_code == 0 and "reranked by" in result.output
     assert "holds no product states" in result.output
+
+
+def test_latency_calibration_does_not_load_the_product_encoder(late_student):
+    model = open_model(late_student[1])
+    model.calibrate_latency()
+    assert model.latency.calibrated and model._encoder is None
+    model.score("drill", ["cordless drill"])  # texts need it
+    assert model._encoder is not None

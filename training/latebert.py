@@ -82,17 +82,6 @@ class LateBert(ClsOnlyBert):
         )
 
 
-class JointGraph(nn.Module):
-    """What is exported as ``joint.onnx``: one query's states against ``k`` products' states."""
-
-    def __init__(self, late: LateBert) -> None:
-        super().__init__()
-        self.late = late
-
-    def forward(self, query_states, query_mask, product_states, product_mask):
-        return self.late.joint(query_states, query_mask, product_states, product_mask)
-
-
 class EncoderGraph(nn.Module):
     """What is exported as ``encoder.onnx``: token ids → states after ``L - 1`` layers."""
 
