@@ -153,7 +153,12 @@ def main() -> None:
         search_body = work / "search.json"
         search_body.write_text(json.dumps({"query": args.query, "k": 100}))
         results |= {"model": str(model), "documents": len(docs), "body_bytes": body.stat().st_size}
-        for mode, extra in (("micro-batching", []), ("one at a time", ["--max-batch-pairs", "1"])):
+        modes = (
+            ("micro-batching", []),
+            ("micro-batching, no wait", ["--batch-wait-ms", "0"]),
+            ("one at a time", ["--max-batch-pairs", "1"]),
+        )
+        for mode, extra in modes:
             url, proc = start(model, extra, work / "index")
             try:
                 for path, b in (("/rerank", body), ("/search", search_body)):
