@@ -384,3 +384,21 @@ def test_latency_calibration_does_not_load_the_product_encoder(late_student):
     assert model.latency.calibrated and model._encoder is None
     model.score("drill", ["cordless drill"])  # texts need it
     assert model._encoder is not None
+
+
+def test_int8_product_encoder_keeps_float_arithmetic_close_to_fp32(late_student):
+    """encoder.w8.onnx: int8-stored weights, float32 arithmetic; its states stay within the
+    weights' rounding of the fp32 encoder's (dynamic int8 activations strayed further)."""
+    import onnx
+
+    onnx_dir = late_student[1]
+    ops = {n.op_type for n in onnx.load(str(onnx_dir / "encoder.w8.onnx")).graph.node}
+    assert "DequantizeLinear" in ops and "MatMulInteger" not in ops
+    assert (onnx_dir / "encoder.w8.onnx").stat().st_size < 0.6 * (
+        onnx_dir / "encoder.onnx"
+    ).stat().st_size
+    rows = open_model(onnx_dir).products_enc.encode(["cordless drill kit", "garden hose 50 ft"])
+    a = open_model(onnx_dir, variant="fp32").encode_ids(rows)
+    b = open_model(onnx_dir, variant="int8").encode_ids(rows)
+    for x, y in zip(a, b, strict=True):
+        assert np.abs(x - y).max() < 0.05 * np.abs(x).max()
