@@ -41,8 +41,8 @@ class ModelConfig:
     default_variant: str = "fp32"
     pad_token_id: int = 0
     max_query_tokens: int | None = None  # default: half of max_length
-    architecture: str = "cross"  # or "late" (reranker.late: encoder + joint graphs)
-    encoder_files: dict[str, str] = field(default_factory=dict)  # late: variant → encoder graph
+    architecture: str = "cross"  # or "late" (reranker.late: product encoder + joint graphs)
+    encoder_files: dict[str, str] = field(default_factory=dict)  # late: variant → product encoder
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     metadata: dict = field(default_factory=dict)  # base model, training, parity figures, ...
@@ -248,12 +248,7 @@ class CrossEncoder:
         """Score pairs given as token ids (no special tokens): one query's ids for all products,
         or one per product; products' ids as stored with an index (:mod:`reranker.tokens`).
         ``batch_size``: pairs per inference call (default: the model's ``batch_size``)."""
-        step = batch_size or self.batch_size
-        if isinstance(queries, np.ndarray):
-            queries = [queries] * len(products)
-        raw = np.zeros(len(products), dtype=np.float32)
-        timings = {"tokenize_ms": 0.0, "tensors_ms": 0.0, "inference_ms": 0.0, "post_ms": 0.0}
-        self.last_timings = timings
+        step, queries, raw, timings = self._begin(queries, products, batch_size)
         if not len(products):
             return Scores(raw, raw.copy())
         t0 = time.perf_counter()
@@ -272,6 +267,16 @@ class CrossEncoder:
             timings["tensors_ms"] += (t2 - t1) * 1e3
             timings["inference_ms"] += (t3 - t2) * 1e3
         return self._finish(raw, t0, timings)
+
+    def _begin(self, queries, products: Sequence, batch_size: int | None):
+        """The start of a :meth:`score_ids` call: pairs per inference call, one query per product,
+        zeroed scores and this call's (fresh) :attr:`last_timings`."""
+        if isinstance(queries, np.ndarray):
+            queries = [queries] * len(products)
+        raw = np.zeros(len(products), dtype=np.float32)
+        timings = {"tokenize_ms": 0.0, "tensors_ms": 0.0, "inference_ms": 0.0, "post_ms": 0.0}
+        self.last_timings = timings
+        return batch_size or self.batch_size, queries, raw, timings
 
     def _finish(self, raw: np.ndarray, t0: float, timings: dict) -> Scores:
         """Probabilities, the rest of the call's time as post-processing, the cost model."""

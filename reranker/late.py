@@ -1,15 +1,16 @@
 """The serving side of a late-interaction student (ONNX Runtime + ``tokenizers``; no torch).
 
 A late student (trained by ``reranker distill --arch late``; the model is described in
-``reranker/training/latebert.py``) is exported as two graphs:
+``reranker/training/latebert.py``) is exported as two graphs per variant:
 
-- ``encoder.onnx`` (and ``encoder.int8.onnx``): ``[CLS] text [SEP]`` token ids → states after
-  all layers but the last. Run over every product when the catalog is indexed (stored as int8
-  per token with the index, see :func:`quantize_states` and :class:`ProductStates`) and over the
-  query, once per query;
-- ``joint.onnx`` (and ``joint.int8.onnx``): the last layer at the query's ``[CLS]`` over the
-  query's states and the ``k`` products' stored states, packed back to back without padding →
-  ``k`` logits (``reranker/training/latejoint.py`` builds it).
+- the product encoder (``encoder.onnx``; ``encoder.w8.onnx``: int8-stored weights, float32
+  arithmetic): ``[CLS] text [SEP]`` token ids → states after all layers but the last. Run over
+  every product when the catalog is indexed (stored as int8 per token with the index, see
+  :func:`quantize_states` and :class:`ProductStates`), and over products sent as text;
+- the joint graph (``joint.onnx``; ``joint.int8.onnx``): the query's token ids through the same
+  first layers, then the last layer at the query's ``[CLS]`` over the query's states and the
+  ``k`` products' stored states, packed back to back without padding → ``k`` logits
+  (``reranker/training/latejoint.py`` builds it).
 
 Per query the work is the query's encoding plus one attention step per candidate, instead of a
 whole cross-encoder per candidate. Without stored states (another retriever, or texts sent to the
@@ -33,6 +34,7 @@ from reranker.crossencoder import MAX_QUERY_CHARS, CrossEncoder, Scores
 from reranker.errors import ModelError
 
 STATES_FILE = "product_states.npy"
+STATE_OFFSETS_FILE = "product_state_offsets.npy"
 JOINT_INPUTS = (
     "input_ids",
     "attention_mask",
@@ -41,7 +43,6 @@ JOINT_INPUTS = (
     "token_pair",
     "pair_query",
 )
-STATE_OFFSETS_FILE = "product_state_offsets.npy"
 
 
 class TextEncoder:
@@ -76,17 +77,6 @@ def pad(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.nda
         ids[i, : len(r)] = r
         mask[i, : len(r)] = 1
     return ids, mask
-
-
-def stack_states(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query states ``(tokens, hidden)`` → padded float32 ``(n, longest, hidden)`` + mask."""
-    width = max(len(r) for r in rows)
-    out = np.zeros((len(rows), width, rows[0].shape[1]), dtype=np.float32)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return out, mask
 
 
 #: Stored states are symmetric int8 per token, shifted by this into uint8.
@@ -332,12 +322,7 @@ class LateCrossEncoder(CrossEncoder):
     ) -> Scores:
         """Score pairs given as query ids (:meth:`query_ids`, one for all products or one per
         product) and product states (:meth:`product_inputs`, or rows of stored states)."""
-        step = batch_size or self.batch_size
-        if isinstance(queries, np.ndarray):
-            queries = [queries] * len(products)
-        raw = np.zeros(len(products), dtype=np.float32)
-        timings = {"tokenize_ms": 0.0, "tensors_ms": 0.0, "inference_ms": 0.0, "post_ms": 0.0}
-        self.last_timings = timings
+        step, queries, raw, timings = self._begin(queries, products, batch_size)
         if not len(products):
             return Scores(raw, raw.copy())
         t0 = time.perf_counter()
