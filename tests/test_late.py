@@ -214,7 +214,8 @@ def test_integer_key_value_product_does_not_saturate():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from reranker.training.latejoint import WEIGHT_MAX, ZERO_POINT, quantize_weight
+    from reranker.late import ZERO_POINT
+    from reranker.training.latejoint import WEIGHT_MAX, quantize_weight
 
     rng = np.random.default_rng(0)
     w, col = quantize_weight(rng.normal(size=(64, 32)).astype(np.float32))

@@ -115,20 +115,17 @@ def export_model(
         if int8:
             _quantize(tmp / "model.onnx", tmp / "model.int8.onnx", per_channel)
             files["int8"] = "model.int8.onnx"
-        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        config = ModelConfig(
+        config = _write_config(
+            tmp,
+            tokenizer,
+            model,
+            metadata,
+            graph="cls-only last layer" if cls_only else "full",
             max_length=max_length,
             fields=tuple(fields),
             files=files,
             default_variant="int8" if int8 else "fp32",
-            pad_token_id=int(tokenizer.pad_token_id or 0),
-            metadata=dict(
-                metadata or {},
-                graph="cls-only last layer" if cls_only else "full",
-                architecture=architecture(model.config),
-            ),
         )
-        (tmp / CONFIG_FILE).write_text(config.to_json())
 
         # Parity: the exported fp32 graph against torch on the same pairs, one query at a time.
         diffs = []
@@ -142,6 +139,22 @@ def export_model(
 
         _install(tmp, out)
     return out
+
+
+def _write_config(
+    tmp: Path, tokenizer, model, metadata: dict | None, *, graph: str, **settings
+) -> ModelConfig:
+    """``tokenizer.json`` and ``reranker.json`` of an export: ``settings`` as
+    :class:`ModelConfig` takes them, the pad token from the tokenizer, and the graph kind and
+    the model's shape figures added to ``metadata``."""
+    tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+    config = ModelConfig(
+        pad_token_id=int(tokenizer.pad_token_id or 0),
+        metadata=dict(metadata or {}, graph=graph, architecture=architecture(model.config)),
+        **settings,
+    )
+    (tmp / CONFIG_FILE).write_text(config.to_json())
+    return config
 
 
 def _write_parity(tmp: Path, config: ModelConfig, runtime, diffs, int8: bool, groups) -> None:
@@ -186,6 +199,8 @@ def _weight_only_int8(src: Path, dst: Path) -> None:
     import onnx
     from onnx import helper, numpy_helper
 
+    from reranker.training.latejoint import quantize_weight
+
     model = onnx.load(str(src))
     g = model.graph
     inits = {i.name: i for i in g.initializer}
@@ -200,14 +215,16 @@ def _weight_only_int8(src: Path, dst: Path) -> None:
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
         if w.ndim != 2:
             continue
-        scale = np.maximum(np.abs(w).max(axis=1 - axis), 1e-12) / 127.0
-        shape = (1, -1) if axis == 1 else (-1, 1)
-        q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        if axis == 1:  # a weight: a scale per output column
+            q, scale = quantize_weight(w, 127)
+        else:  # an embedding table: a scale per row
+            q, scale = quantize_weight(w.T, 127)
+            q = q.T.copy()
         g.initializer.remove(inits[name])
         g.initializer.extend(
             [
                 numpy_helper.from_array(q, f"{name}_q"),
-                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(scale, f"{name}_scale"),
                 numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{name}_zp"),
             ]
         )
@@ -302,26 +319,23 @@ def export_late(
             _weight_only_int8(tmp / "encoder.onnx", tmp / "encoder.w8.onnx")
             files["int8"] = "joint.int8.onnx"
             encoders["int8"] = "encoder.w8.onnx"
-        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        config = ModelConfig(
+        config = _write_config(
+            tmp,
+            tokenizer,
+            model,
+            metadata,
+            graph=(
+                "late interaction: product encoder (L-1 layers) + query encoder and packed"
+                " [CLS]-only joint last layer"
+            ),
             max_length=max_length,
             fields=tuple(fields),
             files=files,
             default_variant="int8" if int8 else "fp32",
-            pad_token_id=int(tokenizer.pad_token_id or 0),
             max_query_tokens=query_max,
             architecture="late",
             encoder_files=encoders,
-            metadata=dict(
-                metadata or {},
-                graph=(
-                    "late interaction: product encoder (L-1 layers) + query encoder and packed"
-                    " [CLS]-only joint last layer"
-                ),
-                architecture=architecture(model.config),
-            ),
         )
-        (tmp / CONFIG_FILE).write_text(config.to_json())
 
         # fp32 graph against torch on the same (stored, int8-per-token) product states
         diffs = []

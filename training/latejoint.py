@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-#: The stored states are symmetric int8 shifted by this into uint8 (the fast u8 × s8 kernels).
-ZERO_POINT = 128
+from reranker.late import ZERO_POINT  # stored states: int8 + this, as uint8 (u8 × s8 kernels)
+
 #: Integer weights of the product key/value projection use 7 bits: the AVX2 u8 × s8 kernel adds
 #: pairs of products in 16 bits, and 2 × 255 × 127 would overflow them (2 × 255 × 63 does not).
 WEIGHT_MAX = 63
@@ -44,15 +44,6 @@ OPSET = 17
 #: The matrix products of the per-pair rest of the last layer and the pooler (one row per pair):
 #: the exporter's int8 variant quantises these dynamically.
 DYNAMIC_INT8_NODES = ("o.matmul", "i.matmul", "o2.matmul", "pool.matmul")
-
-INPUTS = (
-    "query_states",
-    "query_mask",
-    "product_states",
-    "product_scales",
-    "token_pair",
-    "pair_query",
-)
 
 
 def quantize_weight(w: np.ndarray, limit: int = WEIGHT_MAX) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +82,7 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
 
 
-def build_joint(
-    late, int8: bool, zero_point: int = ZERO_POINT, weight_max: int = WEIGHT_MAX
-) -> onnx.ModelProto:
+def build_joint(late, int8: bool) -> onnx.ModelProto:
     """The joint graph of ``late`` (a :class:`~reranker.training.latebert.LateBert`). ``int8``:
     the product key/value projection as an integer matrix product (else float32 on the
     dequantised states); the other matrix products stay float32 here (the exporter quantises
@@ -145,10 +134,10 @@ def build_joint(
     wk, wv = _np(att.key.weight).T, _np(att.value.weight).T
     if int8:
         one = g.const("a_scale", np.array(1.0, np.float32))
-        azp = g.const("a_zp", np.array(zero_point, np.uint8))
+        azp = g.const("a_zp", np.array(ZERO_POINT, np.uint8))
         kv = []
         for name, w in (("k", wk), ("v", wv)):
-            wi, ws = quantize_weight(w, weight_max)
+            wi, ws = quantize_weight(w)
             kv.append(
                 g.op(
                     "MatMulIntegerToFloat",
@@ -163,7 +152,7 @@ def build_joint(
         kh, vh = kv
     else:
         x = g.op(
-            "Sub", g.op("Cast", "product_states", to=f32), g.const("zp_f", np.float32(zero_point))
+            "Sub", g.op("Cast", "product_states", to=f32), g.const("zp_f", np.float32(ZERO_POINT))
         )
         kh = g.op("MatMul", x, g.const("k.wp", wk))
         vh = g.op("MatMul", x, g.const("v.wp", wv))
