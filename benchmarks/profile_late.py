@@ -187,6 +187,7 @@ def main() -> None:
     }
 
     with tempfile.TemporaryDirectory() as tmp:
+        # the joint graph again, made as the model makes it, with the profiler on
         joint = model.model_dir / model.config.files[model.variant]
         model.session = model._session(
             joint,
