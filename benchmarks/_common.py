@@ -57,17 +57,27 @@ def matmul_flops(arch: dict, lengths, cls_only: bool = True) -> int:
     return 2 * total
 
 
-def late_flops(arch: dict, query_length: int, product_lengths) -> int:
+def late_flop_parts(arch: dict, query_length: int, product_lengths) -> dict[str, int]:
     """Multiply-adds × 2 per query of a late-interaction student at query time, as its joint
-    graph computes it: the query through the first ``L - 1`` layers, the last layer's ``[CLS]``
-    query vector and the query tokens' keys, values and attention terms (once per query); per
-    product the keys and values of its stored states, the attention terms of its tokens, and the
-    rest of the ``[CLS]`` layer (output projection, feed-forward), pooler and classifier."""
+    graph computes it, by part: the query through the first ``L - 1`` layers; the last layer's
+    ``[CLS]`` query vector and the query tokens' keys, values and attention terms (once per
+    query); per product the keys and values of its stored states and the attention terms of its
+    tokens; per product the rest of the ``[CLS]`` layer (output projection, feed-forward) and
+    the pooler; the classifier."""
     hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
-    n = query_length
-    total = (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid)
-    total += hid * hid + n * 2 * hid * hid + 2 * n * hid  # [CLS] query; query keys/values, terms
-    for m in product_lengths:
-        total += m * 2 * hid * hid + 2 * m * hid  # product keys/values, attention terms
-        total += hid * hid + 2 * hid * inter + hid * hid + hid  # output, FFN, pooler, classifier
-    return 2 * total
+    n, lengths = query_length, list(product_lengths)
+    tokens = sum(lengths)
+    parts = {
+        "query encoder": (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid),
+        "query last layer": hid * hid + n * 2 * hid * hid + 2 * n * hid,
+        "product keys/values": tokens * 2 * hid * hid,
+        "product attention terms": tokens * 2 * hid,
+        "[CLS] layer products": len(lengths) * (2 * hid * hid + 2 * hid * inter),
+        "classifier": len(lengths) * hid,
+    }
+    return {k: 2 * v for k, v in parts.items()}
+
+
+def late_flops(arch: dict, query_length: int, product_lengths) -> int:
+    """All of :func:`late_flop_parts`."""
+    return sum(late_flop_parts(arch, query_length, product_lengths).values())

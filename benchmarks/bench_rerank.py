@@ -174,6 +174,21 @@ class StoredRows(dict):
         return [self[r] for r in rows]
 
 
+def dev_candidates(index, queries_path, k: int, n: int) -> tuple[list[str], list[list[int]]]:
+    """``n`` distinct queries of ``queries_path`` (in a fixed random order) that retrieve at least
+    ``k`` candidates, and their top-``k`` rows, so every query reranks exactly ``k``."""
+    all_q = sorted(set(pq.read_table(queries_path, columns=["query"]).column(0).to_pylist()))
+    queries, rows = [], []
+    for i in np.random.default_rng(0).permutation(len(all_q)):
+        cands = index.retrieve(all_q[i], k)
+        if len(cands) >= k:
+            queries.append(all_q[i])
+            rows.append([c.row for c in cands])
+        if len(queries) == n:
+            break
+    return queries, rows
+
+
 def candidate_states(model, index, rows_per_query) -> StoredRows:
     """A late model's stored states (int8 per token) of the candidates' products, as an index
     stores them."""
@@ -436,17 +451,7 @@ def main() -> None:
     catalog = read_catalog(args.catalog)
     index = BM25Index.build(catalog)
     by_id = {p.id: p for p in catalog.products}
-    rng = np.random.default_rng(0)
-    all_q = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
-    picked = [all_q[i] for i in rng.permutation(len(all_q))]
-    queries, rows_per_query = [], []
-    for q in picked:
-        cands = index.retrieve(q, max(ks))
-        if len(cands) >= max(ks):  # every query reranks exactly k candidates
-            queries.append(q)
-            rows_per_query.append([c.row for c in cands])
-        if len(queries) == args.n_queries:
-            break
+    queries, rows_per_query = dev_candidates(index, args.queries, max(ks), args.n_queries)
 
     result: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}",

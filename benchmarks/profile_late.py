@@ -32,9 +32,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-from _common import late_flops
-from bench_rerank import measure_peak
+from _common import late_flop_parts
+from bench_rerank import candidate_states, dev_candidates, measure_peak
 
 from reranker import BM25Index, open_model
 from reranker.catalog import read_catalog
@@ -61,20 +60,6 @@ def group_of(node: str, kv_nodes: set[str]) -> str:
     if node.removeprefix("fused ").split(".")[0] in ("o", "i", "o2", "pool") and "matmul" in node:
         return "[CLS] layer products"
     return "rest"
-
-
-def group_ops(arch: dict, query_length: int, product_lengths) -> dict[str, int]:
-    """Operations (multiply-adds × 2) of each group, as :func:`late_flops` counts them."""
-    hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
-    n = query_length
-    query = (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid)
-    kv = sum(m * 2 * hid * hid for m in product_lengths)
-    cls = len(product_lengths) * (2 * hid * hid + 2 * hid * inter)
-    return {
-        "query encoder": 2 * query,
-        "product keys/values": 2 * kv,
-        "[CLS] layer products": 2 * cls,
-    }
 
 
 def small_m(threads: int) -> list[dict]:
@@ -147,25 +132,12 @@ def main() -> None:
     if model.config.architecture != "late":
         raise SystemExit(f"{args.model} is not a late-interaction model")
     arch = model.config.metadata["architecture"]
-    catalog = read_catalog(args.catalog)
-    index = BM25Index.build(catalog)
-    queries, rows = [], []
-    all_q = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
-    for i in np.random.default_rng(0).permutation(len(all_q)):
-        cands = index.retrieve(all_q[i], args.k)
-        if len(cands) == args.k:
-            queries.append(all_q[i])
-            rows.append([c.row for c in cands])
-        if len(queries) == args.n_queries:
-            break
-    needed = sorted({r for rs in rows for r in rs})
-    store = model.build_store([p.text(model.config.fields) for p in index.products_at(needed)])
-    states = dict(zip(needed, store.rows(range(len(needed))), strict=True))
-    calls = [
-        (model.query_ids(q), [states[r] for r in rs]) for q, rs in zip(queries, rows, strict=True)
-    ]
-    ops = [late_flops(arch, len(q), [len(p) for p in ps]) for q, ps in calls]
-    groups_ops = [group_ops(arch, len(q), [len(p) for p in ps]) for q, ps in calls]
+    index = BM25Index.build(read_catalog(args.catalog))
+    queries, rows = dev_candidates(index, args.queries, args.k, args.n_queries)
+    states = candidate_states(model, index, rows)
+    calls = [(model.query_ids(q), states.rows(rs)) for q, rs in zip(queries, rows, strict=True)]
+    parts = [late_flop_parts(arch, len(q), [len(p) for p in ps]) for q, ps in calls]
+    ops = [sum(p.values()) for p in parts]
     tokens = float(np.mean([sum(len(p) for p in ps) for _, ps in calls]))
 
     peak = measure_peak(args.threads)
@@ -207,7 +179,7 @@ def main() -> None:
             g = group_of(e["name"][: -len("_kernel_time")], kv_nodes)
             per_group[g] += e["dur"] / 1e3 / runs
             kernels[g] += 1
-    ops_mean = {g: float(np.mean([o[g] for o in groups_ops])) for g in groups_ops[0]}
+    ops_mean = {g: float(np.mean([p[g] for p in parts])) for g in GROUPS if g in parts[0]}
     profile = {
         g: {
             "ms": per_group[g],
