@@ -57,27 +57,46 @@ def matmul_flops(arch: dict, lengths, cls_only: bool = True) -> int:
     return 2 * total
 
 
-def late_flop_parts(arch: dict, query_length: int, product_lengths) -> dict[str, int]:
+def late_flop_parts(
+    arch: dict, query_length: int, product_lengths, folded: bool = True
+) -> dict[str, int]:
     """Multiply-adds × 2 per query of a late-interaction student at query time, as its joint
     graph computes it, by part: the query through the first ``L - 1`` layers; the last layer's
     ``[CLS]`` query vector and the query tokens' keys, values and attention terms (once per
-    query); per product the keys and values of its stored states and the attention terms of its
-    tokens; per product the rest of the ``[CLS]`` layer (output projection, feed-forward) and
-    the pooler; the classifier."""
+    query); the products' attention step; per product the rest of the ``[CLS]`` layer (output
+    projection, feed-forward) and the pooler; the classifier.
+
+    The products' attention step of a ``folded`` graph (``training/latejoint.py``, exports since
+    round 5): the ``[CLS]`` query folded into the key weights once per query (hidden²), each
+    token's states scored against it (hidden × heads) and summed with its weights (heads ×
+    hidden), and per product the value projection of those sums (hidden²). Tokens only: the pads
+    of the padded batch are not counted. Of an older graph: every token's keys and values
+    (2 hidden²) and its attention terms (2 hidden)."""
     hid, inter, layers = arch["hidden"], arch["intermediate"], arch["layers"]
+    heads = arch["heads"]
     n, lengths = query_length, list(product_lengths)
     tokens = sum(lengths)
     parts = {
         "query encoder": (layers - 1) * (n * (4 * hid * hid + 2 * hid * inter) + 2 * n * n * hid),
         "query last layer": hid * hid + n * 2 * hid * hid + 2 * n * hid,
-        "product keys/values": tokens * 2 * hid * hid,
-        "product attention terms": tokens * 2 * hid,
-        "[CLS] layer products": len(lengths) * (2 * hid * hid + 2 * hid * inter),
-        "classifier": len(lengths) * hid,
     }
+    if folded:
+        parts["products' attention step"] = (
+            hid * hid + tokens * 2 * hid * heads + len(lengths) * hid * hid
+        )
+    else:
+        parts["product keys/values"] = tokens * 2 * hid * hid
+        parts["product attention terms"] = tokens * 2 * hid
+    parts["[CLS] layer products"] = len(lengths) * (2 * hid * hid + 2 * hid * inter)
+    parts["classifier"] = len(lengths) * hid
     return {k: 2 * v for k, v in parts.items()}
 
 
-def late_flops(arch: dict, query_length: int, product_lengths) -> int:
+def is_folded(config) -> bool:
+    """Whether a late model's joint graph is the folded one (its config says so)."""
+    return "folded" in config.metadata.get("graph", "")
+
+
+def late_flops(arch: dict, query_length: int, product_lengths, folded: bool = True) -> int:
     """All of :func:`late_flop_parts`."""
-    return sum(late_flop_parts(arch, query_length, product_lengths).values())
+    return sum(late_flop_parts(arch, query_length, product_lengths, folded).values())

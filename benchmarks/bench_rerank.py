@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from _common import late_flops, matmul_flops, stand_in_hf, stand_in_model
+from _common import is_folded, late_flops, matmul_flops, stand_in_hf, stand_in_model
 
 from reranker import BM25Index, CrossEncoder, open_model
 from reranker.catalog import read_catalog
@@ -121,7 +121,9 @@ def rerank_latency(model, tokens, rows_per_query, queries, ks, warmup) -> dict:
             for name, ms in (model.last_timings | {"tokenize_ms": tok_ms}).items():
                 parts.setdefault(name, []).append(ms)
             if arch and model.config.architecture == "late":
-                flops += late_flops(arch, len(qids), [len(c) for c in cand])
+                flops += late_flops(
+                    arch, len(qids), [len(c) for c in cand], is_folded(model.config)
+                )
             elif arch:
                 flops += matmul_flops(
                     arch, model.pairs.pair_lengths([qids] * len(cand), cand), cls_only=cls_only

@@ -11,11 +11,13 @@ On the demo catalog with the first stage's top-k of dev queries (candidate state
    query (as ``bench_rerank.py`` counts it) over the mean time, against the peak of a large
    matrix product measured in the same run (``bench_rerank.measure_peak``);
 2. the same calls with ONNX Runtime's per-kernel profiler on the joint graph, the kernels grouped
-   into the query's encoder, the products' key/value matrix products, the ``[CLS]`` layer's
-   matrix products (one row per candidate) and the rest (the attention's element-wise, gather
-   and scatter steps, layer norms, GELU), each group's ms per query and, for the matrix
-   products, its operations per second. The profiler adds its own cost to every kernel, most
-   to small ones, so the groups add up to more than the plain time;
+   into the query's encoder, the products' attention step (a folded graph: every kernel of it,
+   its small matrix products and its element-wise, gather and padding steps; an older graph:
+   its two key/value matrix products, the rest of the step counted in "rest"), the ``[CLS]``
+   layer's matrix products (one row per candidate) and the rest (the query's last-layer terms,
+   layer norms, GELU, ...), each group's ms per query and its operations per second. The
+   profiler adds its own cost to every kernel, most to small ones, so the groups add up to more
+   than the plain time;
 3. the int8 matrix product of the query encoder's shape (a few rows: the query's tokens) against
    large ones: operations per second of ``DynamicQuantizeMatMul`` with 384 × 384 weights for
    1 to 2,000 rows, in a chain of 30 as in a 5-layer encoder.
@@ -32,19 +34,27 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from _common import late_flop_parts
+from _common import is_folded, late_flop_parts
 from bench_rerank import candidate_states, dev_candidates, measure_peak
 
 from reranker import BM25Index, open_model
 from reranker.catalog import read_catalog
+from reranker.late import PRODUCTS_SCOPE
 from reranker.pipeline import PACKAGED_MODEL_DIR
 
-GROUPS = ("query encoder", "product keys/values", "[CLS] layer products", "rest")
+GROUPS = (
+    "query encoder",
+    "products' attention step",
+    "product keys/values",
+    "[CLS] layer products",
+    "rest",
+)
 
 
 def product_kv_nodes(joint_path: Path) -> set[str]:
-    """Names of the joint graph's nodes that multiply the product states by the key/value
-    weights (integer or float: the ones reading the ``k.w8``/``v.w8``/``k.wp``/``v.wp`` weights)."""
+    """Names of the nodes of a graph exported before the fold (round 5) that multiply the
+    product states by the key/value weights (the ones reading ``k.w8``/``v.w8``/``k.wp``/``v.wp``).
+    """
     import onnx
 
     weights = {"k.w8", "v.w8", "k.wp", "v.wp"}
@@ -55,6 +65,8 @@ def product_kv_nodes(joint_path: Path) -> set[str]:
 def group_of(node: str, kv_nodes: set[str]) -> str:
     if node.startswith("query_encoder/"):
         return "query encoder"
+    if node.startswith(PRODUCTS_SCOPE):
+        return "products' attention step"
     if node in kv_nodes:
         return "product keys/values"
     if node.removeprefix("fused ").split(".")[0] in ("o", "i", "o2", "pool") and "matmul" in node:
@@ -136,7 +148,8 @@ def main() -> None:
     queries, rows = dev_candidates(index, args.queries, args.k, args.n_queries)
     states = candidate_states(model, index, rows)
     calls = [(model.query_ids(q), states.rows(rs)) for q, rs in zip(queries, rows, strict=True)]
-    parts = [late_flop_parts(arch, len(q), [len(p) for p in ps]) for q, ps in calls]
+    folded = is_folded(model.config)
+    parts = [late_flop_parts(arch, len(q), [len(p) for p in ps], folded) for q, ps in calls]
     ops = [sum(p.values()) for p in parts]
     tokens = float(np.mean([sum(len(p) for p in ps) for _, ps in calls]))
 
@@ -194,6 +207,7 @@ def main() -> None:
             ),
         }
         for g in GROUPS
+        if kernels[g] or g in ops_mean
     }
     result = {
         "model": model.name,

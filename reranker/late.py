@@ -79,8 +79,11 @@ def pad(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.nda
     return ids, mask
 
 
-#: Stored states are symmetric int8 per token, shifted by this into uint8.
+#: Stored states are symmetric int8 per token, shifted by this into uint8 (u8 × s8 kernels).
 ZERO_POINT = 128
+#: Names of the joint graph's nodes of the attention step over the product tokens start with
+#: this (``reranker/training/latejoint.py``; profiles group them by it).
+PRODUCTS_SCOPE = "products/"
 SCALE_BYTES = 4
 
 

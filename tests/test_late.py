@@ -165,9 +165,10 @@ def _packed_feeds(q_states, q_mask, stored, pair_query):
 
 
 def test_packed_joint_graph_equals_torch_on_the_stored_states(late_student):
-    """The hand-built graph (packed tokens, per-product sums by ScatterND, the [CLS] query as a
-    block-diagonal matrix) gives LateBert.joint's numbers for queries of different lengths
-    (padded query rows) and products of different lengths, pair by pair."""
+    """The hand-built graph (packed tokens read into a padded batch, the [CLS] query folded into
+    the key weights, states summed with their attention weights before the value projection)
+    gives LateBert.joint's numbers for queries of different lengths (padded query rows) and
+    products of different lengths, pair by pair; the integer variant within int8 tolerance."""
     import onnxruntime as ort
     from transformers import AutoModelForSequenceClassification
 
@@ -208,10 +209,22 @@ def test_stored_states_round_trip_within_half_a_step():
     assert np.all(np.abs(dequantize_states(stored) - x) <= scales / 2 + 1e-7)
 
 
-def test_integer_key_value_product_does_not_saturate():
-    """The AVX2 u8 x s8 kernel adds pairs of byte products in 16 bits: with 8-bit weights and
-    extreme states (255, 255) it overflows. The exporter's 7-bit weights keep it exact."""
+def _one_node_session(node, inputs, output, inits=()):
     import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph([node], "g", inputs, [output], list(inits))
+    onnx_model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx_model.ir_version = 8
+    return ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_integer_scores_do_not_saturate():
+    """The AVX2 u8 x s8 kernel adds pairs of byte products in 16 bits: with 8-bit integers and
+    extreme states (255, 255) it overflows. The joint graph's query-folded key matrix (an input
+    of the product, not a stored weight) is cut to 7 bits, which keeps it exact."""
     from onnx import TensorProto, helper, numpy_helper
 
     from reranker.late import ZERO_POINT
@@ -221,31 +234,54 @@ def test_integer_key_value_product_does_not_saturate():
     w, col = quantize_weight(rng.normal(size=(64, 32)).astype(np.float32))
     assert np.abs(w).max() == WEIGHT_MAX
     w[:, 0] = WEIGHT_MAX  # the worst column
-    node = helper.make_node(
-        "MatMulIntegerToFloat", ["a", "w", "s", "ws", "zp"], ["y"], domain="com.microsoft"
-    )
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+    sess = _one_node_session(
+        helper.make_node(
+            "MatMulIntegerToFloat", ["a", "w", "s", "ws", "zp"], ["y"], domain="com.microsoft"
+        ),
         [
-            numpy_helper.from_array(w, "w"),
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 64]),
+            helper.make_tensor_value_info("w", TensorProto.INT8, [64, 32]),
+        ],
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32]),
+        [
             numpy_helper.from_array(np.array(1.0, np.float32), "s"),
             numpy_helper.from_array(col, "ws"),
             numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "zp"),
         ],
     )
-    onnx_model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    onnx_model.ir_version = 8
-    sess = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     a = np.vstack([np.full((1, 64), 255), np.full((1, 64), 1), rng.integers(1, 256, (30, 64))])
     a = a.astype(np.uint8)
-    got = sess.run(None, {"a": a})[0]
+    got = sess.run(None, {"a": a, "w": w})[0]
     exact = ((a.astype(np.int64) - ZERO_POINT) @ w.astype(np.int64)) * col
     np.testing.assert_allclose(got, exact, rtol=1e-5)
+
+
+def test_integer_weighted_sums_are_exact():
+    """The weighted sums over a pair's tokens: 8-bit weights x uint8 states (zero point 128), one
+    product per pair, exact in integers even at the extremes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from reranker.late import ZERO_POINT
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 256, (3, 12, 32)).astype(np.uint8)
+    w[0] = 255
+    x = rng.integers(1, 256, (3, 32, 64)).astype(np.uint8)
+    x[0], x[1, :, :7] = 255, 1
+    sess = _one_node_session(
+        helper.make_node("MatMulInteger", ["w", "x", "wz", "xz"], ["y"]),
+        [
+            helper.make_tensor_value_info("w", TensorProto.UINT8, [None, 12, None]),
+            helper.make_tensor_value_info("x", TensorProto.UINT8, [None, None, 64]),
+        ],
+        helper.make_tensor_value_info("y", TensorProto.INT32, [None, 12, 64]),
+        [
+            numpy_helper.from_array(np.array(0, np.uint8), "wz"),
+            numpy_helper.from_array(np.array(ZERO_POINT, np.uint8), "xz"),
+        ],
+    )
+    got = sess.run(None, {"w": w, "x": x})[0]
+    np.testing.assert_array_equal(got, w.astype(np.int64) @ (x.astype(np.int64) - ZERO_POINT))
 
 
 def test_runtime_scores_the_same_in_any_number_of_calls(late_student):

@@ -295,7 +295,7 @@ def export_late(
         files = {"fp32": "joint.onnx"}
         encoders = {"fp32": "encoder.onnx"}
         if int8:
-            # the product key/value projection is built integer (stored int8 states); the
+            # the products' attention step is built integer (stored int8 states); the
             # per-pair [CLS] layer and the query encoder are quantised dynamically; the product
             # encoder keeps float32 arithmetic on int8-stored weights (dynamic int8 there cost
             # ranking quality: agreement with fp32 on dev pairs 0.912 against 0.957)
@@ -326,7 +326,7 @@ def export_late(
             metadata,
             graph=(
                 "late interaction: product encoder (L-1 layers) + query encoder and packed"
-                " [CLS]-only joint last layer"
+                " [CLS]-only joint last layer, folded (no product keys/values)"
             ),
             max_length=max_length,
             fields=tuple(fields),

@@ -9,8 +9,9 @@ and the product's tokens together, then the pooler and the classifier give the s
 
 The product's ``L - 1`` layer states do not depend on the query, so ``reranker index`` computes
 them once per product and stores them; per query the model encodes the query (a few tokens, once)
-and for each candidate computes keys and values of the stored states and one attention step at
-``[CLS]``. It is trained like the plain student, by margin-MSE on the teacher's scores.
+and for each candidate runs one attention step at ``[CLS]`` over the stored states (the exported
+graph does it without computing their keys and values: ``latejoint.py``). It is trained like the
+plain student, by margin-MSE on the teacher's scores.
 
 Only the BERT family (``BertForSequenceClassification``: MiniLM, BERT) is supported.
 """

@@ -4,19 +4,18 @@
 token, :func:`reranker.late.quantize_states`). Per query the joint graph gets the states of all
 ``k`` candidates back to back, ``(tokens, hidden)`` with no padding, and computes:
 
-- the keys and values of every product token in **one** integer matrix product
-  (``MatMulIntegerToFloat``: uint8 states × int8 weights; the per-token scale is applied after
-  the head sums, to 12 numbers per token instead of 384);
-- the attention step at the query's ``[CLS]`` over the query's tokens and each product's tokens:
-  per-head scores of all tokens in one small matrix product against a block-diagonal form of the
-  ``[CLS]`` query vector, exponentials against the query's own maximum score, and per-product sums
-  with ``ScatterND`` (reduction ``add``) — so no token is padded and no tensor is copied into a
-  padded batch;
+- the attention step at the query's ``[CLS]`` over the query's tokens and each product's tokens
+  without the products' keys and values (:func:`_products`): the ``[CLS]`` query vector is
+  folded into the key weights (one hidden × heads matrix per query) that score the stored states
+  directly, and each product's states are summed with their attention weights before the value
+  projection, once per product and head (about a third of the arithmetic of projecting every
+  product token; timings in ``BENCHMARKS.md``); exponentials are taken against the query's own
+  maximum score;
 - the rest of the last layer, the pooler and the classifier for each product (one row each).
 
 The same numbers as :meth:`reranker.training.latebert.LateBert.joint` on the dequantised states
 (tested to float tolerance). Built node by node with ``onnx.helper`` from the trained weights
-(the torch exporter cannot express the ragged sums or the integer product).
+(the torch exporter cannot express the ragged sums or the integer products).
 
 Inputs: ``query_states`` ``(Q, nq, hidden)`` float32 and ``query_mask`` ``(Q, nq)`` int64 (the
 distinct queries, padded), ``product_states`` ``(T, hidden)`` uint8 (zero point 128),
@@ -33,10 +32,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from reranker.late import ZERO_POINT  # stored states: int8 + this, as uint8 (u8 × s8 kernels)
+from reranker.late import PRODUCTS_SCOPE, ZERO_POINT
 
-#: Integer weights of the product key/value projection use 7 bits: the AVX2 u8 × s8 kernel adds
-#: pairs of products in 16 bits, and 2 × 255 × 127 would overflow them (2 × 255 × 63 does not).
+#: Integers multiplied by the uint8 states use 7 bits: the AVX2 u8 × s8 kernel adds pairs of
+#: products in 16 bits, and 2 × 255 × 127 would overflow them (2 × 255 × 63 does not).
 WEIGHT_MAX = 63
 #: Guard on score − (query's own max score) before ``exp``: float32 overflows past ~88.
 EXP_GUARD = 80.0
@@ -58,6 +57,7 @@ class _Graph:
         self.nodes: list = []
         self.inits: list = []
         self._n = 0
+        self.scope = ""  # prefix of the names of the nodes made now
 
     def const(self, name: str, value) -> str:
         self.inits.append(numpy_helper.from_array(np.asarray(value), name))
@@ -67,7 +67,9 @@ class _Graph:
         self._n += 1
         out = f"{op_type.lower()}_{self._n}"
         self.nodes.append(
-            helper.make_node(op_type, list(inputs), [out], name=name or out, domain=domain, **attrs)
+            helper.make_node(
+                op_type, list(inputs), [out], name=name or self.scope + out, domain=domain, **attrs
+            )
         )
         return out
 
@@ -84,9 +86,8 @@ def _np(t) -> np.ndarray:
 
 def build_joint(late, int8: bool) -> onnx.ModelProto:
     """The joint graph of ``late`` (a :class:`~reranker.training.latebert.LateBert`). ``int8``:
-    the product key/value projection as an integer matrix product (else float32 on the
-    dequantised states); the other matrix products stay float32 here (the exporter quantises
-    them dynamically afterwards)."""
+    the products' attention step in integer matrix products (:func:`_products`); the other
+    matrix products stay float32 here (the exporter quantises them dynamically afterwards)."""
     last = late.layers[-1]
     att = last.attention.self
     nh, dh = late.heads, late.head_dim
@@ -130,77 +131,9 @@ def build_joint(late, int8: bool) -> onnx.ModelProto:
     qbk = g.op("ReduceSum", g.op("Mul", qv3, g.const("k.b3", bk3)), "axis_2", keepdims=0)
     offset = g.op("Sub", qbk, g.op("Squeeze", mq, "axis_1"))  # (Q, nh)
 
-    # ---- the products: keys and values of every token in one matrix product each
-    wk, wv = _np(att.key.weight).T, _np(att.value.weight).T
-    if int8:
-        one = g.const("a_scale", np.array(1.0, np.float32))
-        azp = g.const("a_zp", np.array(ZERO_POINT, np.uint8))
-        kv = []
-        for name, w in (("k", wk), ("v", wv)):
-            wi, ws = quantize_weight(w)
-            kv.append(
-                g.op(
-                    "MatMulIntegerToFloat",
-                    "product_states",
-                    g.const(f"{name}.w8", wi),
-                    one,
-                    g.const(f"{name}.w8_scale", ws),
-                    azp,
-                    domain="com.microsoft",
-                )
-            )
-        kh, vh = kv
-    else:
-        x = g.op(
-            "Sub", g.op("Cast", "product_states", to=f32), g.const("zp_f", np.float32(ZERO_POINT))
-        )
-        kh = g.op("MatMul", x, g.const("k.wp", wk))
-        vh = g.op("MatMul", x, g.const("v.wp", wv))
-    # scores of every token against every query's heads: (T, H) @ block-diagonal (H, Q * nh)
-    eye = np.zeros((nh, dh, nh), np.float32)
-    for h in range(nh):
-        eye[h, :, h] = 1.0
-    qbd = g.op("Mul", g.op("Unsqueeze", qv3, "axis_3"), g.const("eye", eye))  # (Q, nh, dh, nh)
-    qbd = g.op(
-        "Reshape",
-        g.op("Transpose", qbd, perm=[1, 2, 0, 3]),
-        g.const("shape_bd", np.array([hidden, -1], np.int64)),
-    )
-    sp_all = g.op(
-        "Reshape", g.op("MatMul", kh, qbd), g.const("shape_tqh", np.array([0, -1, nh], np.int64))
-    )  # (T, Q, nh)
-    tq = g.op("Gather", "pair_query", "token_pair")  # (T,) query row of each token
-    n_tok = g.op("Shape", "token_pair")
-    sel = g.op(
-        "Expand",
-        g.op("Reshape", tq, g.const("shape_t11", np.array([-1, 1, 1], np.int64))),
-        g.op("Concat", n_tok, g.const("one_nh", np.array([1, nh], np.int64)), axis=0),
-    )
-    sp = g.op(
-        "Reshape",
-        g.op("GatherElements", sp_all, sel, axis=1),
-        g.const("shape_th", np.array([-1, nh], np.int64)),
-    )  # (T, nh)
-    sp = g.op("Add", g.op("Mul", sp, "product_scales"), g.op("Gather", offset, tq))
-    ep = g.op("Exp", g.op("Min", sp, g.const("guard", np.float32(EXP_GUARD))))  # (T, nh)
-
-    # ---- per-product sums (tokens of a pair are contiguous; ScatterND adds them up)
-    n_pair = g.op("Shape", "pair_query")
-    idx = g.op("Unsqueeze", "token_pair", "axis_1")
-    zeros_h = g.op(
-        "ConstantOfShape",
-        g.op("Concat", n_pair, g.const("nh", np.array([nh], np.int64)), axis=0),
-        value=helper.make_tensor("z", f32, [1], [0.0]),
-    )
-    den_p = g.op("ScatterND", zeros_h, idx, ep, reduction="add")  # (B, nh)
-    wp = g.op("Mul", ep, "product_scales")
-    wvals = g.op("Mul", g.op("Reshape", vh, "shape_q3"), g.op("Unsqueeze", wp, "axis_2"))
-    zeros_hd = g.op(
-        "ConstantOfShape",
-        g.op("Concat", n_pair, g.const("nh_dh", np.array([nh, dh], np.int64)), axis=0),
-        value=helper.make_tensor("z2", f32, [1], [0.0]),
-    )
-    num_p = g.op("ScatterND", zeros_hd, idx, wvals, reduction="add")  # (B, nh, dh)
+    g.scope = PRODUCTS_SCOPE
+    den_p, num_p = _products(g, att, qv3, offset, nh, dh, int8)
+    g.scope = ""
     bv3 = _np(att.value.bias).reshape(nh, dh)
     num = g.op(
         "Add",
@@ -269,6 +202,139 @@ def build_joint(late, int8: bool) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=opsets, producer_name="kd-reranker")
     model.ir_version = 8
     return model
+
+
+def _products(g, att, qv3, offset, nh, dh, int8: bool):
+    """The attention step at the query's ``[CLS]`` over the product tokens, without their keys
+    and values → per pair and head the sum of the exponentials (``(B, nh)``) and of the
+    exponential-weighted values, bias left out (``(B, nh, dh)``).
+
+    - A token's score is ``q_h · (W_k x + b_k)_h = x · (W_k,h q_h) + q_h · b_k,h``: the
+      per-query matrix ``U = [W_k,h q_h]_h`` (hidden × heads) scores the stored states directly.
+    - ``Σ_t p_t,h (W_v x_t)_h = (Σ_t p_t,h x_t) W_v,h``: each product's states are summed with
+      its attention weights first, one small matrix product per product over its tokens, then
+      projected once per product and head.
+
+    The tokens are read into a ``(B, L, hidden)`` batch padded to the longest product (one
+    ``Gather``; the pads get zero weight). ``int8``: ``x · U`` as uint8 states × ``U`` cut to
+    7-bit integers per column, and the weighted sums as 8-bit weights (per pair and head, of
+    their largest) × uint8 states; else float32 on the states."""
+    hidden = nh * dh
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    wk3 = _np(att.key.weight).T.reshape(hidden, nh, dh)
+    u = g.op(
+        "ReduceSum",
+        g.op("Mul", g.op("Unsqueeze", qv3, "axis_1"), g.const("k.w3", wk3)),
+        "axis_3",
+        keepdims=0,
+    )  # (Q, H, nh)
+    u = g.op(
+        "Reshape",
+        g.op("Transpose", u, perm=[1, 0, 2]),
+        g.const("shape_h_any", np.array([hidden, -1], np.int64)),
+    )  # (H, Q * nh)
+
+    # the packed tokens → (B, L, ·) padded per product (pads read one extra row)
+    n_pair = g.op("Shape", "pair_query")
+    n_tok = g.op("Shape", "token_pair")
+    ones = g.op("ConstantOfShape", n_tok, value=helper.make_tensor("one_f", f32, [1], [1.0]))
+    zeros_b = g.op("ConstantOfShape", n_pair, value=helper.make_tensor("z_b", f32, [1], [0.0]))
+    lengths = g.op(
+        "Cast",
+        g.op(
+            "ScatterND", zeros_b, g.op("Unsqueeze", "token_pair", "axis_1"), ones, reduction="add"
+        ),
+        to=i64,
+    )  # (B,) tokens per pair
+    zero_i = g.const("zero_i", np.array(0, np.int64))
+    start = g.op("CumSum", lengths, zero_i, exclusive=1)
+    pos = g.op(
+        "Range",
+        zero_i,
+        g.op("ReduceMax", lengths, keepdims=0),
+        g.const("one_i", np.array(1, np.int64)),
+    )  # (L,)
+    pos = g.op("Unsqueeze", pos, g.const("axis_0", np.array([0], np.int64)))
+    valid = g.op("Less", pos, g.op("Unsqueeze", lengths, "axis_1"))  # (B, L)
+    rows = g.op(
+        "Where",
+        valid,
+        g.op("Add", g.op("Unsqueeze", start, "axis_1"), pos),
+        g.op("Squeeze", n_tok, "axis_0"),
+    )
+    azp = g.const("a_zp", np.array(ZERO_POINT, np.uint8))
+    pad_state = g.op("Expand", azp, g.const("shape_1h", np.array([1, hidden], np.int64)))
+    xp = g.op("Gather", g.op("Concat", "product_states", pad_state, axis=0), rows, axis=0)
+    pad_scale = g.const("zero_scale", np.zeros((1, 1), np.float32))
+    xs = g.op(
+        "Gather", g.op("Concat", "product_scales", pad_scale, axis=0), rows, axis=0
+    )  # (B, L, 1)
+
+    # scores of every token against every query's heads, then each pair's own query's
+    if int8:
+        tiny = g.const("tiny", np.float32(1e-30))
+        u_scale = g.op(
+            "Div",
+            g.op("Max", g.op("ReduceMax", g.op("Abs", u), axes=[0], keepdims=1), tiny),
+            g.const("w_max", np.float32(WEIGHT_MAX)),
+        )  # (1, Q * nh)
+        u_int = g.op("Cast", g.op("Round", g.op("Div", u, u_scale)), to=TensorProto.INT8)
+        scores = g.op(
+            "MatMulIntegerToFloat",
+            xp,
+            u_int,
+            g.const("a_scale", np.array(1.0, np.float32)),
+            g.op("Reshape", u_scale, g.const("shape_any", np.array([-1], np.int64))),
+            azp,
+            domain="com.microsoft",
+        )
+    else:
+        zp = g.const("zp_f", np.float32(ZERO_POINT))
+        xf = g.op("Sub", g.op("Cast", xp, to=f32), zp)  # the stored int8 states
+        scores = g.op("MatMul", xf, u)
+    sp_all = g.op(
+        "Reshape", scores, g.const("shape_blqh", np.array([0, 0, -1, nh], np.int64))
+    )  # (B, L, Q, nh)
+    sel = g.op(
+        "Expand",
+        g.op("Reshape", "pair_query", g.const("shape_b111", np.array([-1, 1, 1, 1], np.int64))),
+        g.op(
+            "Concat",
+            g.op("Shape", sp_all, end=2),
+            g.const("one_nh", np.array([1, nh], np.int64)),
+            axis=0,
+        ),
+    )
+    sp = g.op("Squeeze", g.op("GatherElements", sp_all, sel, axis=2), "axis_2")  # (B, L, nh)
+    off = g.op("Unsqueeze", g.op("Gather", offset, "pair_query"), "axis_1")  # (B, 1, nh)
+    sp = g.op("Add", g.op("Mul", sp, xs), off)
+    ep = g.op(
+        "Mul",
+        g.op("Exp", g.op("Min", sp, g.const("guard", np.float32(EXP_GUARD)))),
+        g.op("Unsqueeze", g.op("Cast", valid, to=f32), "axis_2"),
+    )  # (B, L, nh), 0 at pads
+    den_p = g.op("ReduceSum", ep, "axis_1", keepdims=0)  # (B, nh)
+
+    # per pair and head: Σ_t p_t (x_t − 128) · scale_t, then the value projection per head
+    w = g.op("Transpose", g.op("Mul", ep, xs), perm=[0, 2, 1])  # (B, nh, L)
+    if int8:
+        w_scale = g.op(
+            "Div",
+            g.op("Max", g.op("ReduceMax", w, axes=[2], keepdims=1), tiny),
+            g.const("u8_max", np.float32(255.0)),
+        )  # (B, nh, 1)
+        w_int = g.op("Cast", g.op("Round", g.op("Div", w, w_scale)), to=TensorProto.UINT8)
+        y = g.op("MatMulInteger", w_int, xp, g.const("u8_zero", np.array(0, np.uint8)), azp)
+        y = g.op("Mul", g.op("Cast", y, to=f32), w_scale)  # (B, nh, H)
+    else:
+        y = g.op("MatMul", w, xf)  # (B, nh, H)
+    wv3 = _np(att.value.weight).T.reshape(hidden, nh, dh).transpose(1, 0, 2).copy()
+    num_p = g.op(
+        "Transpose",
+        g.op("MatMul", g.op("Transpose", y, perm=[1, 0, 2]), g.const("v.w3", wv3)),
+        perm=[1, 0, 2],
+    )  # (B, nh, dh)
+    return den_p, num_p
 
 
 def with_query_encoder(encoder: onnx.ModelProto, joint: onnx.ModelProto) -> onnx.ModelProto:
