@@ -58,10 +58,31 @@ class _Graph:
         self.inits: list = []
         self._n = 0
         self.scope = ""  # prefix of the names of the nodes made now
+        self._consts: dict[str, np.ndarray] = {}
 
     def const(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        """An initializer; a name already defined is reused (with the same value only)."""
+        value = np.asarray(value)
+        if name in self._consts:
+            if not np.array_equal(self._consts[name], value):
+                raise ValueError(f"constant {name!r} defined twice with different values")
+            return name
+        self._consts[name] = value
+        self.inits.append(numpy_helper.from_array(value, name))
         return name
+
+    def dynamic_int(self, x: str, axis: int, top: int, to: int, signed: bool):
+        """``x`` as integers of type ``to`` in ±``top`` (``signed``) or 0..``top`` (``x`` ≥ 0),
+        with a scale per slice along ``axis`` (its largest magnitude / ``top``, never 0) →
+        (integers, scales)."""
+        largest = self.op("ReduceMax", self.op("Abs", x) if signed else x, axes=[axis], keepdims=1)
+        scale = self.op(
+            "Div",
+            self.op("Max", largest, self.const("tiny", np.float32(1e-30))),
+            # (names as in the graphs exported so far, the shipped one included)
+            self.const("w_max" if signed else "u8_max", np.float32(top)),
+        )
+        return self.op("Cast", self.op("Round", self.op("Div", x, scale)), to=to), scale
 
     def op(self, op_type: str, *inputs: str, domain: str = "", name: str = "", **attrs) -> str:
         self._n += 1
@@ -272,13 +293,8 @@ def _products(g, att, qv3, offset, nh, dh, int8: bool):
 
     # scores of every token against every query's heads, then each pair's own query's
     if int8:
-        tiny = g.const("tiny", np.float32(1e-30))
-        u_scale = g.op(
-            "Div",
-            g.op("Max", g.op("ReduceMax", g.op("Abs", u), axes=[0], keepdims=1), tiny),
-            g.const("w_max", np.float32(WEIGHT_MAX)),
-        )  # (1, Q * nh)
-        u_int = g.op("Cast", g.op("Round", g.op("Div", u, u_scale)), to=TensorProto.INT8)
+        # U per column to 7 bits, u_scale (1, Q * nh)
+        u_int, u_scale = g.dynamic_int(u, 0, WEIGHT_MAX, TensorProto.INT8, signed=True)
         scores = g.op(
             "MatMulIntegerToFloat",
             xp,
@@ -318,12 +334,8 @@ def _products(g, att, qv3, offset, nh, dh, int8: bool):
     # per pair and head: Σ_t p_t (x_t − 128) · scale_t, then the value projection per head
     w = g.op("Transpose", g.op("Mul", ep, xs), perm=[0, 2, 1])  # (B, nh, L)
     if int8:
-        w_scale = g.op(
-            "Div",
-            g.op("Max", g.op("ReduceMax", w, axes=[2], keepdims=1), tiny),
-            g.const("u8_max", np.float32(255.0)),
-        )  # (B, nh, 1)
-        w_int = g.op("Cast", g.op("Round", g.op("Div", w, w_scale)), to=TensorProto.UINT8)
+        # the weights (≥ 0) to 8 bits of their largest per pair and head, w_scale (B, nh, 1)
+        w_int, w_scale = g.dynamic_int(w, 2, 255, TensorProto.UINT8, signed=False)
         y = g.op("MatMulInteger", w_int, xp, g.const("u8_zero", np.array(0, np.uint8)), azp)
         y = g.op("Mul", g.op("Cast", y, to=f32), w_scale)  # (B, nh, H)
     else:
