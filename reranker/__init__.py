@@ -17,7 +17,7 @@ if not (_Path(__file__).parent / "index").is_dir():
 
 from reranker._version import __version__  # noqa: E402
 from reranker.catalog import Catalog, FieldMapping, Product, read_catalog
-from reranker.crossencoder import CrossEncoder, ModelConfig, Scores, open_model
+from reranker.crossencoder import CrossEncoder, ModelConfig, Scores
 from reranker.errors import (
     CatalogError,
     IndexCorruptError,
@@ -31,6 +31,7 @@ from reranker.errors import (
     SearchIndexError,
 )
 from reranker.index import BM25Index, Candidate, Retriever
+from reranker.models import open_model
 from reranker.pipeline import (
     SearchPipeline,
     SearchResponse,

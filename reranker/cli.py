@@ -445,7 +445,7 @@ def serve_cmd(
     uvicorn = require("uvicorn", "serve")
     from reranker.index import open_retriever
     from reranker.pipeline import load_model
-    from reranker.service import ServiceSettings, create_app
+    from reranker.serve import ServiceSettings, create_app
 
     retriever = None
     if not no_index:

@@ -322,16 +322,6 @@ class CrossEncoder:
         return raw.copy()
 
 
-def open_model(model_dir: str | Path, **kwargs) -> CrossEncoder:
-    """The runtime model of a model directory: a :class:`CrossEncoder`, or a
-    :class:`reranker.late.LateCrossEncoder` for a late-interaction student."""
-    if Path(model_dir).is_dir() and ModelConfig.read(Path(model_dir)).architecture == "late":
-        from reranker.late import LateCrossEncoder
-
-        return LateCrossEncoder(model_dir, **kwargs)
-    return CrossEncoder(model_dir, **kwargs)
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

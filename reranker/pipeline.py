@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from reranker.crossencoder import CrossEncoder, open_model
+from reranker.crossencoder import CrossEncoder
 from reranker.errors import ModelNotInstalledError, QueryError
 from reranker.index.base import Candidate, Retriever
+from reranker.models import PACKAGED_MODELS, open_model
 
 #: Where the shipped default student lives inside the package (if one is installed).
-PACKAGED_MODEL_DIR = Path(__file__).parent / "models" / "default"
+PACKAGED_MODEL_DIR = PACKAGED_MODELS / "default"
 MODEL_ENV = "RERANKER_MODEL"
 
 

@@ -12,13 +12,27 @@ VENV=${TEST_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-# A CPU build of torch avoids the multi-GB CUDA wheel: use a local wheel folder when there is one
-# (../shared/wheels on the project's machines, or PIP_FIND_LINKS=DIR of your own).
+# A CPU build of torch avoids the multi-GB CUDA wheel. pip prefers the newest torch on the index
+# over an older CPU wheel in a --find-links folder, so a local CPU wheel (../shared/wheels on the
+# project's machines, or any torch-*.whl in $PIP_FIND_LINKS) is installed first, by path; the
+# extras' "torch>=2.2" is then already met. Without one, pip installs PyPI's default build.
 links=()
+wheel_dirs=()
 if [ -d ../shared/wheels ]; then
   links=(--find-links ../shared/wheels)
+  wheel_dirs+=(../shared/wheels)
 fi
+[ -n "${PIP_FIND_LINKS:-}" ] && wheel_dirs+=("$PIP_FIND_LINKS")
 "$VENV/bin/python" -m pip install -q --upgrade pip
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+  py_tag=$("$VENV/bin/python" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  cpu_wheel=$(for d in "${wheel_dirs[@]}"; do ls -1 "$d"/torch-*+cpu-"$py_tag"-*linux*_x86_64.whl; done \
+    2>/dev/null | sort -V | tail -n 1 || true)
+  if [ "$(uname -m)" = x86_64 ] && [ -n "$cpu_wheel" ]; then
+    echo "test.sh: installing the local CPU torch wheel $cpu_wheel"
+    "$VENV/bin/python" -m pip install -q "$cpu_wheel"
+  fi
+fi
 "$VENV/bin/python" -m pip install -q "${links[@]}" -e ".[train,opensearch,serve,dev]"
 
 chromium=${RERANKER_CHROMIUM:-/usr/bin/chromium}

@@ -13,13 +13,14 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from reranker.cli import main
-from reranker.crossencoder import CrossEncoder, open_model
+from reranker.crossencoder import CrossEncoder
 from reranker.errors import ModelError
 from reranker.index import BM25Index
 from reranker.index.build import index_catalog
 from reranker.late import LateCrossEncoder, ProductStates, TextEncoder
+from reranker.models import open_model
 from reranker.pipeline import SearchPipeline
-from reranker.service import ServiceSettings, create_app
+from reranker.serve import ServiceSettings, create_app
 
 SCORED = [
     ("cordless drill", "p001", 0.9),

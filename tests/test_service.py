@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from reranker import BM25Index, CrossEncoder, RetrieverUnavailableError
-from reranker.service import ServiceSettings, create_app
+from reranker.serve import ServiceSettings, create_app
 
 DOCS = ["Cordless Drill", "Garden Hose 50 ft.", "Toilet Seat", "Drill Bit Set", "LED Bulb"]
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from reranker.cli import main
 from reranker.errors import DataError, RerankerError
 from reranker.index import BM25Index
-from reranker.training.augment import augment, synthetic_query
+from reranker.training.augment import attribute_query, augment, synthetic_query
 from reranker.training.label import label_pairs
 
 TRAIN = [
@@ -98,6 +98,44 @@ def test_augment_is_seeded_deduplicated_and_never_uses_excluded_queries(
         augment(index, train, a.output, progress=False)
     with pytest.raises(RerankerError, match="also in an excluded file"):
         augment(index, train, tmp_path / "c.parquet", exclude=[train], progress=False)
+
+
+def test_augment_draws_from_deep_ranks_and_makes_attribute_queries(built_index, splits, tmp_path):
+    train, dev = splits
+    index = BM25Index.load(built_index)
+    r = augment(
+        index,
+        train,
+        tmp_path / "deep.parquet",
+        exclude=[dev],
+        per_query=4,
+        depth=20,
+        head=2,
+        synthetic_queries=12,
+        attribute_share=1.0,
+        progress=False,
+    )
+    rows = pq.read_table(r.output).to_pylist()
+    judged = {(q, p) for q, p, _ in TRAIN}
+    for q in {q for q, _, _ in TRAIN}:
+        ranks = sorted(x["bm25_rank"] for x in rows if x["query"] == q)
+        fresh = [c for c in index.retrieve(q, 20) if (q, c.product.id) not in judged]
+        assert len(ranks) == min(4, len(fresh)) and all(r <= 20 for r in ranks)
+        assert ranks[:2] == [c.rank for c in fresh[:2]]  # the head is always kept
+    assert r.attribute_queries > 0
+    with pytest.raises(RerankerError, match="head <= per-query <= depth"):
+        augment(index, train, tmp_path / "x.parquet", per_query=30, depth=20, progress=False)
+
+
+def test_attribute_queries_pair_a_value_with_title_words():
+    from reranker.catalog import Product
+
+    rng = np.random.default_rng(1)
+    p = Product("1", "Elongated Closed Front Toilet Seat in White", {"color": "White / Bone"})
+    for _ in range(5):
+        q = attribute_query(p, rng).split()
+        assert q[0] == "white" and 2 <= len(q) <= 3 and "white" not in q[1:]
+    assert attribute_query(Product("2", "Toilet Seat", {}), rng) is None
 
 
 def test_synthetic_queries_are_title_spans():
@@ -200,8 +238,14 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
         aug,
         "--per-query",
         "6",
+        "--depth",
+        "12",
+        "--head",
+        "3",
         "--synthetic-queries",
         "8",
+        "--attribute-share",
+        "0.5",
     )
     cli(
         "label",
@@ -270,6 +314,91 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
     assert metrics["rmse"] is not None and metrics["e2e_ndcg10"] is not None
     out = cli("eval", "--judged", dev, "--index-dir", built_index, "--hf-model", teacher)
     assert "NDCG@10" in out
+
+    # a second teacher member in bf16 autocast, and the two combined in logit space
+    teacher2 = tmp_path / "teacher2"
+    cli(
+        "train-teacher",
+        "--model",
+        tiny_hf_model,
+        "--train",
+        train,
+        "--catalog",
+        catalog_csv,
+        "--output",
+        teacher2,
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-4",
+        "--seed",
+        "7",
+        "--max-length",
+        "32",
+        "--precision",
+        "bf16",
+    )
+    assert json.loads((teacher2 / "teacher_args.json").read_text())["precision_used"] == "bf16"
+    for name, t in (("a", teacher), ("b", teacher2)):
+        for split, pairs in (("train", train), ("dev", dev)):
+            cli(
+                "label",
+                pairs,
+                "--teacher",
+                t,
+                "--catalog",
+                catalog_csv,
+                "--output",
+                tmp_path / f"{name}_{split}.parquet",
+                "--precision",
+                "fp32",
+            )
+    ens = tmp_path / "ensemble.json"
+    out = cli(
+        "ensemble",
+        "fit",
+        "--member",
+        f"a={tmp_path / 'a_train.parquet'}",
+        "--member",
+        f"b={tmp_path / 'b_train.parquet'}",
+        "--holdout",
+        train,  # in real use: judged pairs no member trained on
+        "--step",
+        "0.25",
+        "--output",
+        ens,
+    )
+    assert "weights: a" in out
+    cfg = json.loads(ens.read_text())
+    assert sum(cfg["weights"]) == pytest.approx(1.0) and cfg["holdout"]["pairs"] == len(TRAIN)
+    cli(
+        "ensemble",
+        "apply",
+        "--member",
+        f"a={tmp_path / 'a_dev.parquet'}",
+        "--member",
+        f"b={tmp_path / 'b_dev.parquet'}",
+        "--ensemble",
+        ens,
+        "--output",
+        tmp_path / "ens_dev.parquet",
+    )
+    table = pq.read_table(tmp_path / "ens_dev.parquet")
+    assert {"score_a", "score_b", "score"} <= set(table.column_names)
+    a, b = table.column("score_a").to_numpy(), table.column("score_b").to_numpy()
+    w = cfg["weights"]
+    expected = cfg["scale"] * (w[0] * a + w[1] * b) + cfg["bias"]
+    assert table.column("score").to_numpy() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    out = cli(
+        "eval",
+        "--judged",
+        dev,
+        "--index-dir",
+        built_index,
+        "--scores",
+        tmp_path / "ens_dev.parquet",
+    )
+    assert "ens_dev.parquet:score" in out
 
     env = dict(os.environ, RERANKER_MODEL=str(model_dir))
     result = CliRunner().invoke(

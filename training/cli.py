@@ -35,6 +35,14 @@ catalog_option = click.option(
     "--catalog", required=True, type=click.Path(path_type=Path), help="Product catalog file."
 )
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="torch arithmetic: bf16 autocast (about 3x faster on CPUs with AVX512-BF16/AMX), fp32, "
+    "or auto (bf16 where the CPU has it natively).",
+)
 
 
 @click.command("train-teacher")
@@ -75,6 +83,7 @@ overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an ex
     help="Train LoRA adapters of this rank (peft) instead of every weight, for large decoder "
     "LLMs; the adapters are merged into the saved model.",
 )
+@precision_option
 def train_teacher_cmd(
     model,
     train,
@@ -93,6 +102,7 @@ def train_teacher_cmd(
     checkpoint_minutes,
     layers,
     lora_r,
+    precision,
 ):
     """Fine-tune a relevance classifier with soft targets (BCE on graded labels in [0, 1])."""
     from reranker.training.teacher import TeacherArgs, train_teacher
@@ -116,6 +126,7 @@ def train_teacher_cmd(
             checkpoint_minutes=checkpoint_minutes,
             layers=layers,
             lora_r=lora_r,
+            precision=precision,
         )
     )
     click.echo(f"teacher written to {out}")
@@ -141,16 +152,44 @@ def train_teacher_cmd(
     help="Pair files whose queries must never be used (dev, held-back). Repeatable.",
 )
 @click.option("--output", required=True, type=click.Path(path_type=Path))
-@click.option("--per-query", default=20, show_default=True, help="BM25 candidates per query.")
+@click.option("--per-query", default=20, show_default=True, help="BM25 candidates kept per query.")
+@click.option(
+    "--depth",
+    type=int,
+    help="Draw them from the BM25 top DEPTH (default: --per-query, the plain top).",
+)
+@click.option(
+    "--head",
+    type=int,
+    help="Ranks always kept before the seeded draw from the deeper ones (default: all).",
+)
 @click.option(
     "--synthetic-queries",
     default=0,
     show_default=True,
     help="New queries to synthesise from catalog titles.",
 )
+@click.option(
+    "--attribute-share",
+    default=0.0,
+    show_default=True,
+    help="Share of synthetic queries made as attribute + title words ('white toilet seat').",
+)
 @click.option("--seed", default=13, show_default=True)
 @overwrite_option
-def augment_cmd(index_dir, train, exclude, output, per_query, synthetic_queries, seed, overwrite):
+def augment_cmd(
+    index_dir,
+    train,
+    exclude,
+    output,
+    per_query,
+    depth,
+    head,
+    synthetic_queries,
+    attribute_share,
+    seed,
+    overwrite,
+):
     """Generate unlabelled (query, product) pairs for the teacher to score."""
     from reranker.index import BM25Index
     from reranker.training.augment import augment
@@ -161,13 +200,17 @@ def augment_cmd(index_dir, train, exclude, output, per_query, synthetic_queries,
         output,
         exclude=exclude,
         per_query=per_query,
+        depth=depth,
+        head=head,
         synthetic_queries=synthetic_queries,
+        attribute_share=attribute_share,
         seed=seed,
         overwrite=overwrite,
     )
     click.echo(
         f"wrote {r.pairs} pairs to {r.output}: {r.bm25_pairs} BM25 candidates of training "
         f"queries, {r.synthetic_pairs} for {r.synthetic_queries} synthetic queries "
+        f"({r.attribute_queries} of them attribute queries) "
         f"({r.excluded_queries} excluded queries never used)"
     )
 
@@ -198,9 +241,20 @@ def augment_cmd(index_dir, train, exclude, output, per_query, synthetic_queries,
     help="Pairs per shard; a killed run resumes at the first unfinished shard.",
 )
 @click.option("--variant", help="ONNX variant of a runtime teacher (fp32, int8; default: fp32).")
+@precision_option
 @overwrite_option
 def label_cmd(
-    pairs, teacher, catalog, output, fields, backend, max_length, shard_size, variant, overwrite
+    pairs,
+    teacher,
+    catalog,
+    output,
+    fields,
+    backend,
+    max_length,
+    shard_size,
+    variant,
+    precision,
+    overwrite,
 ):
     """Score a pair file with the teacher (resumable)."""
     from reranker.training.label import label_pairs
@@ -215,6 +269,7 @@ def label_cmd(
         variant=variant or "fp32",
         max_length=max_length,
         shard_size=shard_size,
+        precision=precision,
         overwrite=overwrite,
     )
     click.echo(
@@ -419,31 +474,76 @@ def export_cmd(
     type=click.Path(path_type=Path),
     help="Hugging Face model directory, scored in torch (e.g. a teacher).",
 )
+@click.option(
+    "--scores",
+    type=click.Path(path_type=Path),
+    help="Score file (`reranker label` / `ensemble apply`) holding every judged pair: its "
+    "--score-column (a logit) is evaluated, no model is run.",
+)
+@click.option("--score-column", default="score", show_default=True)
 @click.option("--variant", help="Runtime model variant (int8, fp32).")
 @click.option("--fields", default=None, help="Override the attributes the model reads.")
 @click.option("--e2e", is_flag=True, help="Also end-to-end NDCG@10 (BM25 top-k, reranked).")
 @click.option("-k", "k", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(judged, index_dir, model_dir, hf_model, variant, fields, e2e, k, as_json):
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="torch arithmetic for --hf-model (bf16: autocast; auto: bf16 where the CPU has it).",
+)
+def eval_cmd(
+    judged,
+    index_dir,
+    model_dir,
+    hf_model,
+    scores,
+    score_column,
+    variant,
+    fields,
+    e2e,
+    k,
+    as_json,
+    precision,
+):
     """NDCG@10, pair accuracy, RMSE and end-to-end NDCG@10 (docs/EVALUATION.md).
 
-    Without --model or --hf-model it evaluates BM25."""
+    Without --model, --hf-model or --scores it evaluates BM25."""
+    from reranker.training.evaluate import evaluate_scores, load_judged
+
+    if sum(x is not None for x in (model_dir, hf_model, scores)) > 1:
+        raise click.UsageError("give one of --model, --hf-model and --scores")
+    if scores is not None:
+        if e2e:
+            raise click.UsageError("--e2e needs a model; a score file has judged pairs only")
+        m = evaluate_scores(load_judged(judged), scores, score_column)
+    else:
+        m = _evaluate_model(
+            judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k
+        )
+    system = str(model_dir or hf_model or (f"{scores}:{score_column}" if scores else "BM25"))
+    _print_metrics(system, m, as_json)
+
+
+def _evaluate_model(judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k):
     from reranker.index import BM25Index
     from reranker.training.evaluate import evaluate_system, load_judged
 
-    if model_dir and hf_model:
-        raise click.UsageError("give --model or --hf-model, not both")
-    m = evaluate_system(
+    return evaluate_system(
         load_judged(judged),
         BM25Index.load(index_dir),
         model_dir=None if model_dir is None else str(model_dir),
         hf_model=None if hf_model is None else str(hf_model),
         variant=variant,
+        precision=precision,
         fields=None if fields is None else _fields(fields),
         e2e=e2e,
         k=k,
     )
-    system = str(model_dir or hf_model or "BM25")
+
+
+def _print_metrics(system, m, as_json):
     if as_json:
         click.echo(json.dumps({"system": system, **m.to_dict()}, indent=2))
         return
@@ -454,3 +554,125 @@ def eval_cmd(judged, index_dir, model_dir, hf_model, variant, fields, e2e, k, as
         f"{system[-40:]:<40} {m.ndcg10:>8.4f} {m.pair_accuracy:>8.4f} {rmse:>6} {e2e_s:>7} "
         f"{m.queries}/{m.pair_queries}"
     )
+
+
+def _members(values: tuple[str, ...]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"expected NAME=SCORES.parquet, not {v!r}")
+        if name in out:
+            raise click.BadParameter(f"member {name!r} given twice")
+        out[name] = Path(path)
+    return out
+
+
+member_option = click.option(
+    "--member",
+    "members",
+    multiple=True,
+    required=True,
+    help="NAME=FILE: a member's `reranker label` scores (same pairs for every member). Repeatable.",
+)
+
+
+@click.group("ensemble")
+def ensemble_cmd():
+    """Combine teacher members in logit space (weights fitted on held-out judged pairs)."""
+
+
+@ensemble_cmd.command("fit")
+@member_option
+@click.option(
+    "--holdout",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Judged pairs held out from every member's training (never dev).",
+)
+@click.option("--step", default=0.05, show_default=True, help="Grid step of the weights.")
+@click.option("--output", required=True, type=click.Path(path_type=Path), help="ensemble.json")
+@overwrite_option
+def ensemble_fit_cmd(members, holdout, step, output, overwrite):
+    """Choose weights (pair accuracy on the held-out pairs), then scale and bias (BCE)."""
+    import pyarrow as pa
+
+    from reranker.errors import RerankerError
+    from reranker.training.data import read_pairs
+    from reranker.training.ensemble import fit, member_scores
+
+    if output.exists() and not overwrite:
+        raise RerankerError(f"{output} exists; pass --overwrite to replace it")
+    files = _members(members)
+    table = member_scores(files)
+    held = read_pairs(holdout, ("query", "product_id", "relevance"))
+    rel = {
+        (q, str(p)): r
+        for q, p, r in zip(
+            held.column("query").to_pylist(),
+            held.column("product_id").to_pylist(),
+            held.column("relevance").to_pylist(),
+            strict=True,
+        )
+    }
+    keys = zip(
+        table.column("query").to_pylist(), table.column("product_id").to_pylist(), strict=True
+    )
+    mask = [(q, str(p)) in rel for q, p in keys]
+    part = table.filter(pa.array(mask))
+    if part.num_rows < len(rel):
+        raise RerankerError(
+            f"the member scores hold {part.num_rows} of the {len(rel)} held-out pairs; "
+            "score the file that contains them"
+        )
+    if "relevance" in part.column_names:
+        part = part.drop_columns(["relevance"])
+    part = part.append_column(
+        "relevance",
+        pa.array(
+            [
+                rel[(q, str(p))]
+                for q, p in zip(
+                    part.column("query").to_pylist(),
+                    part.column("product_id").to_pylist(),
+                    strict=True,
+                )
+            ],
+            pa.float64(),
+        ),
+    )
+    ens = fit(part, list(files), step=step)
+    ens.save(output)
+    for name, m in ens.holdout.items():
+        if isinstance(m, dict):
+            click.echo(
+                f"{name:<10} pair accuracy {m['pair_accuracy']:.4f}  NDCG@10 {m['ndcg10']:.4f}  "
+                f"log-loss {m['log_loss']:.4f}"
+            )
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(ens.members, ens.weights, strict=True))
+    click.echo(
+        f"weights: {weights}; scale {ens.scale:.3f}, bias {ens.bias:.3f} "
+        f"({ens.holdout['pairs']} held-out pairs, {ens.holdout['queries']} queries) -> {output}"
+    )
+
+
+@ensemble_cmd.command("apply")
+@member_option
+@click.option("--ensemble", "ensemble_file", required=True, type=click.Path(path_type=Path))
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@overwrite_option
+def ensemble_apply_cmd(members, ensemble_file, output, overwrite):
+    """Members' scores and the ensemble's (column ``score``) in one Parquet file."""
+    from reranker.errors import RerankerError
+    from reranker.training.ensemble import Ensemble, member_scores, write_scores
+
+    if output.exists() and not overwrite:
+        raise RerankerError(f"{output} exists; pass --overwrite to replace it")
+    ens = Ensemble.load(ensemble_file)
+    files = _members(members)
+    if sorted(files) != sorted(ens.members):
+        raise RerankerError(
+            f"{ensemble_file} combines {', '.join(ens.members)}; given {', '.join(files)}"
+        )
+    out = write_scores(member_scores(files), ens, output)
+    click.echo(f"wrote {out}")

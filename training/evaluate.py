@@ -135,6 +135,34 @@ def end_to_end_ndcg(
     return float(np.mean(values))
 
 
+def evaluate_scores(judged: Judged, path, column: str = "score") -> Metrics:
+    """Judged-candidate metrics of precomputed scores (a logit per (query, product_id)); RMSE
+    through the sigmoid. Every evaluable judged pair must be in the file."""
+    from reranker.errors import DataError
+    from reranker.training.data import read_pairs
+
+    t = read_pairs(path, ("query", "product_id", column))
+    lookup = {
+        (q, str(p)): float(s)
+        for q, p, s in zip(
+            t.column("query").to_pylist(),
+            t.column("product_id").to_pylist(),
+            t.column(column).to_pylist(),
+            strict=True,
+        )
+    }
+    missing = [
+        (q, p) for q, (ids, _) in judged.evaluable().items() for p in ids if (q, p) not in lookup
+    ]
+    if missing:
+        raise DataError(f"{path} lacks {len(missing)} judged pairs, e.g. {missing[:2]}")
+    return evaluate(
+        judged,
+        lambda q, ids: np.array([lookup[(q, p)] for p in ids]),
+        activation=lambda raw: 1.0 / (1.0 + np.exp(-raw)),
+    )
+
+
 def load_judged(path) -> Judged:
     from reranker.training.data import read_pairs
 
@@ -154,6 +182,7 @@ def evaluate_system(
     hf_model: str | None = None,
     fields: Sequence[str] | None = None,
     variant: str | None = None,
+    precision: str = "fp32",
     e2e: bool = False,
     k: int = 100,
     progress: bool = True,
@@ -173,7 +202,7 @@ def evaluate_system(
 
     text_score: Callable[[str, list[str]], np.ndarray] | None = None
     if model_dir is not None:
-        from reranker.crossencoder import open_model
+        from reranker.models import open_model
 
         model = open_model(model_dir, variant=variant)
         model_fields = model.config.fields if fields is None else tuple(fields)
@@ -185,7 +214,7 @@ def evaluate_system(
     elif hf_model is not None:
         from reranker.training.label import TorchScorer, _teacher_fields
 
-        scorer = TorchScorer(hf_model)
+        scorer = TorchScorer(hf_model, precision=precision)
         model_fields = _teacher_fields(Path(hf_model), "torch") if fields is None else tuple(fields)
 
         def activation(raw):

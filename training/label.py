@@ -24,18 +24,27 @@ from tqdm.auto import tqdm
 from reranker.errors import RerankerError
 from reranker.index.store import sha256_file
 from reranker.training.data import catalog_texts, read_pairs, texts_for
+from reranker.training.precision import autocast, resolve_precision
 
 REQUIRED = ("query", "product_id")
 
 
 class TorchScorer:
-    """A Hugging Face sequence-classification model scored in torch (raw logit)."""
+    """A Hugging Face sequence-classification model scored in torch (raw logit).
 
-    def __init__(self, path: str, max_length: int = 64, batch_size: int = 64) -> None:
+    Pairs are scored in batches of similar length (little padding); ``precision`` is ``fp32``,
+    ``bf16`` (autocast) or ``auto`` (bf16 where the CPU has it natively, see ``precision``)."""
+
+    def __init__(
+        self, path: str, max_length: int = 64, batch_size: int = 64, precision: str = "fp32"
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from reranker.training.precision import resolve_precision
+
         self.torch = torch
+        self.precision = resolve_precision(precision)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -58,7 +67,7 @@ class TorchScorer:
                 padding=True,
                 return_tensors="pt",
             )
-            with self.torch.no_grad():
+            with self.torch.inference_mode(), autocast(self.precision):
                 out[idx] = self.model(**enc).logits[:, 0].float().numpy()
         return out
 
@@ -95,6 +104,7 @@ def label_pairs(
     variant: str | None = None,
     max_length: int = 64,
     shard_size: int = 2048,
+    precision: str = "auto",
     overwrite: bool = False,
     progress: bool = True,
 ) -> LabelReport:
@@ -114,6 +124,7 @@ def label_pairs(
         raise RerankerError(f"{teacher} is not a Hugging Face model directory (no config.json)")
     if fields is None:
         fields = _teacher_fields(teacher, backend)
+    precision = resolve_precision(precision) if backend == "torch" else "fp32"
 
     shard_dir = output.with_name(output.name + ".shards")
     manifest = {
@@ -124,6 +135,7 @@ def label_pairs(
         "variant": variant,
         "fields": list(fields),
         "max_length": max_length,
+        "precision": precision,
         "shard_size": shard_size,
         "rows": table.num_rows,
     }
@@ -151,7 +163,7 @@ def label_pairs(
         (
             OnnxScorer(str(teacher), variant)
             if backend == "onnx"
-            else TorchScorer(str(teacher), max_length)
+            else TorchScorer(str(teacher), max_length, precision=precision)
         )
         if todo
         else None
@@ -163,7 +175,7 @@ def label_pairs(
     bar = tqdm(
         total=table.num_rows,
         initial=done_rows,
-        desc="labelling",
+        desc=f"labelling ({backend} {variant if backend == 'onnx' else precision})",
         unit="pair",
         disable=not progress,
         smoothing=0.1,

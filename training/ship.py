@@ -15,8 +15,9 @@ import json
 import shutil
 from pathlib import Path
 
-from reranker.crossencoder import CONFIG_FILE, open_model
+from reranker.crossencoder import CONFIG_FILE
 from reranker.errors import ModelError
+from reranker.models import open_model
 from reranker.pipeline import PACKAGED_MODEL_DIR
 
 MAX_MB = 50.0

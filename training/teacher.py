@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reranker.training.data import load_judged_pairs, soft_targets
+from reranker.training.precision import autocast, resolve_precision
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TeacherArgs:
     threads: int | None = None
     layers: int | None = None  # keep only the first N transformer layers
     lora_r: int | None = None  # train LoRA adapters of this rank (peft) instead of every weight
+    precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has it natively
 
 
 def keep_layers(model, n: int) -> None:
@@ -94,6 +96,7 @@ def _load_model(path: str, args: TeacherArgs | None = None, adapter: Path | None
 def train_teacher(args: TeacherArgs) -> Path:
     if args.threads:
         torch.set_num_threads(args.threads)
+    precision = resolve_precision(args.precision)
     out = Path(args.output)
     ckpt = out / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,7 @@ def train_teacher(args: TeacherArgs) -> Path:
     loss_fn = torch.nn.BCEWithLogitsLoss()
     model.train()
     last_save = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc="teacher", unit="batch")
+    bar = tqdm(total=total_steps, initial=step, desc=f"teacher ({precision})", unit="batch")
     losses: list[float] = []
     while step < total_steps:
         idx = batches[step % len(batches)]
@@ -146,7 +149,8 @@ def train_teacher(args: TeacherArgs) -> Path:
             padding=True,
             return_tensors="pt",
         )
-        logits = model(**enc).logits.squeeze(-1)
+        with autocast(precision):
+            logits = model(**enc).logits.squeeze(-1).float()
         loss = loss_fn(logits, torch.tensor(targets[idx], dtype=torch.float32))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -166,6 +170,7 @@ def train_teacher(args: TeacherArgs) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = asdict(args) | {
+        "precision_used": precision,
         "steps": step,
         "final_loss_last100": float(np.mean(losses[-100:])) if losses else None,
     }
