@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,12 @@ def index_catalog_opensearch(
     skip_invalid: bool = False,
     overwrite: bool = False,
     progress: bool = False,
+    rerank_fields: Sequence[str] | None = None,
+    search_pipeline: str | None = None,
 ) -> IndexReport:
     """Read and validate a catalog, bulk-load it into OpenSearch behind alias ``name``
-    (``options``: a :class:`reranker.index.opensearch.ConnectionOptions`)."""
+    (``options``: a :class:`reranker.index.opensearch.ConnectionOptions`); ``rerank_fields``:
+    store each product's model text for OpenSearch's rerank processor."""
     from reranker.index import opensearch
 
     start = time.perf_counter()
@@ -79,7 +83,14 @@ def index_catalog_opensearch(
         catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
     )
     report = opensearch.index_catalog_opensearch(
-        catalog, options, name, overwrite=overwrite, allow_failures=skip_invalid, progress=progress
+        catalog,
+        options,
+        name,
+        overwrite=overwrite,
+        allow_failures=skip_invalid,
+        progress=progress,
+        rerank_fields=rerank_fields,
+        search_pipeline=search_pipeline,
     )
     return IndexReport(
         f"{options.url} alias {name!r} -> {report.physical_index}",

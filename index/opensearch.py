@@ -129,29 +129,47 @@ def _short(exc: Exception) -> str:
     return text.split(" caused by: ")[0][:300]
 
 
-def mapping(attribute_fields: Sequence[str]) -> dict:
+#: The model's product text (``reranker.text.product_text`` with the model's fields), stored for
+#: OpenSearch's rerank processor to send (not searched).
+RERANK_TEXT_FIELD = "rerank_text"
+
+
+def mapping(
+    attribute_fields: Sequence[str],
+    rerank_fields: Sequence[str] | None = None,
+    search_pipeline: str | None = None,
+) -> dict:
     """Text fields for BM25 (standard analyzer), the id as a keyword for tie-breaks, and the raw
-    fields kept in ``_source`` for display."""
+    fields kept in ``_source`` for display; with ``rerank_fields``, the model's product text in
+    ``rerank_text`` (stored, not searched); with ``search_pipeline``, the index's default
+    search pipeline."""
     text = {"type": "text", "analyzer": "standard"}
-    return {
-        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
-        "mappings": {
-            "dynamic": "strict",
-            "_meta": {"kd_reranker": {"attribute_fields": list(attribute_fields)}},
-            "properties": {
-                "product_id": {"type": "keyword"},
-                "title": {**text, "copy_to": "all_text"},
-                "attributes": {
-                    "properties": {a: {**text, "copy_to": "all_text"} for a in attribute_fields}
-                },
-                "all_text": text,
-            },
+    settings: dict = {"number_of_shards": 1, "number_of_replicas": 0}
+    if search_pipeline:
+        settings["search.default_pipeline"] = search_pipeline
+    meta: dict = {"attribute_fields": list(attribute_fields)}
+    properties: dict = {
+        "product_id": {"type": "keyword"},
+        "title": {**text, "copy_to": "all_text"},
+        "attributes": {
+            "properties": {a: {**text, "copy_to": "all_text"} for a in attribute_fields}
         },
+        "all_text": text,
+    }
+    if rerank_fields is not None:
+        meta["rerank_fields"] = list(rerank_fields)
+        properties[RERANK_TEXT_FIELD] = {"type": "text", "index": False}
+    return {
+        "settings": {"index": settings},
+        "mappings": {"dynamic": "strict", "_meta": {"kd_reranker": meta}, "properties": properties},
     }
 
 
-def document(product: Product) -> dict:
-    return {"product_id": product.id, "title": product.title, "attributes": dict(product.fields)}
+def document(product: Product, rerank_fields: Sequence[str] | None = None) -> dict:
+    doc = {"product_id": product.id, "title": product.title, "attributes": dict(product.fields)}
+    if rerank_fields is not None:
+        doc[RERANK_TEXT_FIELD] = product.text(rerank_fields)
+    return doc
 
 
 class OpenSearchRetriever:
@@ -231,13 +249,16 @@ def index_catalog_opensearch(
     chunk_size: int = 1000,
     progress: bool = False,
     documents: Iterable[dict] | None = None,
+    rerank_fields: Sequence[str] | None = None,
+    search_pipeline: str | None = None,
 ) -> BulkReport:
     """Create a new physical index, bulk-load the catalog, refresh, and point alias ``name`` at
     it atomically.
 
     Per-document failures are collected by product id, never dropped. Unless ``allow_failures``,
     any failure aborts: the new index is deleted, the alias keeps pointing at the old one, and a
-    :class:`BulkIndexError` lists the failed ids.
+    :class:`BulkIndexError` lists the failed ids. ``rerank_fields``: also store each product's
+    model text (see :func:`mapping`); ``search_pipeline``: the new index's default pipeline.
     """
     client = options.client()
     start = time.perf_counter()
@@ -257,13 +278,20 @@ def index_catalog_opensearch(
         else:
             old = []
         physical = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-        client.indices.create(index=physical, body=mapping(catalog.attribute_fields))
+        client.indices.create(
+            index=physical,
+            body=mapping(catalog.attribute_fields, rerank_fields, search_pipeline),
+        )
     except IndexExistsError:
         raise
     except Exception as exc:
         raise describe(exc, options.url) from None
 
-    docs = documents if documents is not None else (document(p) for p in catalog.products)
+    docs = (
+        documents
+        if documents is not None
+        else (document(p, rerank_fields) for p in catalog.products)
+    )
 
     def actions() -> Iterator[dict]:
         for doc in docs:

@@ -73,16 +73,8 @@ index_dir_option = click.option(
 )
 
 
-def backend_options(f):
-    """--backend and the OpenSearch connection options, shared by index and search."""
-    options = [
-        click.option(
-            "--backend",
-            type=click.Choice(["embedded", "opensearch"]),
-            default="embedded",
-            show_default=True,
-            help="First stage: the embedded rank-bm25 index or an OpenSearch cluster.",
-        ),
+def _connection_option_list() -> list:
+    return [
         click.option(
             "--url",
             envvar="RERANKER_OPENSEARCH_URL",
@@ -134,38 +126,66 @@ def backend_options(f):
         ),
     ]
 
-    def packed(
-        *args,
-        backend,
-        url,
-        os_index,
-        username,
-        password,
-        ca_certs,
-        no_verify_certs,
-        timeout,
-        retries,
-        **kwargs,
-    ):
-        connection = None
-        if backend == "opensearch":
-            from reranker.index.opensearch import ConnectionOptions
 
-            connection = ConnectionOptions(
-                url=url,
-                username=username,
-                password=password,
-                ca_certs=ca_certs,
-                verify_certs=not no_verify_certs,
-                timeout=timeout,
-                retries=retries,
-            )
+def _connection(url, username, password, ca_certs, no_verify_certs, timeout, retries):
+    from reranker.index.opensearch import ConnectionOptions
+
+    return ConnectionOptions(
+        url=url,
+        username=username,
+        password=password,
+        ca_certs=ca_certs,
+        verify_certs=not no_verify_certs,
+        timeout=timeout,
+        retries=retries,
+    )
+
+
+def backend_options(f):
+    """--backend and the OpenSearch connection options, shared by index, search and serve."""
+    backend_option = click.option(
+        "--backend",
+        type=click.Choice(["embedded", "opensearch"]),
+        default="embedded",
+        show_default=True,
+        help="First stage: the embedded rank-bm25 index or an OpenSearch cluster.",
+    )
+
+    def packed(*args, backend, os_index, **kwargs):
+        conn = {k: kwargs.pop(k) for k in _CONNECTION_KEYS}
+        connection = _connection(**conn) if backend == "opensearch" else None
         return f(*args, first_stage=FirstStage(backend, os_index, connection), **kwargs)
 
     packed.__name__, packed.__doc__ = f.__name__, f.__doc__
-    for option in reversed(options):
+    for option in reversed([backend_option, *_connection_option_list()]):
         packed = option(packed)
     return packed
+
+
+def opensearch_options(f):
+    """The OpenSearch connection options alone (commands that only talk to a cluster)."""
+
+    def packed(*args, os_index, **kwargs):
+        conn = {k: kwargs.pop(k) for k in _CONNECTION_KEYS}
+        return f(
+            *args, first_stage=FirstStage("opensearch", os_index, _connection(**conn)), **kwargs
+        )
+
+    packed.__name__, packed.__doc__ = f.__name__, f.__doc__
+    for option in reversed(_connection_option_list()):
+        packed = option(packed)
+    return packed
+
+
+_CONNECTION_KEYS = (
+    "url",
+    "username",
+    "password",
+    "ca_certs",
+    "no_verify_certs",
+    "timeout",
+    "retries",
+)
 
 
 @dataclass(frozen=True)
@@ -227,7 +247,16 @@ def main() -> None:
     help="Also store every product's token ids for this model, so a search with it tokenises "
     "only the query (default: $RERANKER_MODEL or the installed student, if any).",
 )
-@click.option("--no-tokens", is_flag=True, help="Do not store product token ids.")
+@click.option(
+    "--no-tokens",
+    is_flag=True,
+    help="Do not store product token ids (OpenSearch: nor the model's product text).",
+)
+@click.option(
+    "--search-pipeline",
+    help="OpenSearch: make this search pipeline (`reranker opensearch-pipeline`) the new "
+    "index's default, so ordinary searches of the alias are reranked.",
+)
 @backend_options
 def index_cmd(
     catalog,
@@ -241,6 +270,7 @@ def index_cmd(
     quiet,
     model_dir,
     no_tokens,
+    search_pipeline,
     first_stage,
 ):
     """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
@@ -252,10 +282,29 @@ def index_cmd(
     mapping = FieldMapping(id_field, title_field, attrs)
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
     if first_stage.backend == "opensearch":
+        rerank_fields = None  # the model's product text, for OpenSearch's rerank processor
+        model_path = model_dir or default_model_dir()
+        if not no_tokens and model_path:
+            from reranker.crossencoder import ModelConfig
+
+            rerank_fields = ModelConfig.read(Path(model_path)).fields
         report = build.index_catalog_opensearch(
-            catalog, first_stage.connection, first_stage.name, mapping, **common
+            catalog,
+            first_stage.connection,
+            first_stage.name,
+            mapping,
+            rerank_fields=rerank_fields,
+            search_pipeline=search_pipeline,
+            **common,
         )
+        if rerank_fields is not None:
+            click.echo(
+                f"stored each product's model text in rerank_text "
+                f"(title{''.join(' + ' + f for f in rerank_fields)})"
+            )
     else:
+        if search_pipeline:
+            raise click.UsageError("--search-pipeline needs --backend opensearch")
         model = None
         if not no_tokens and (model_dir or default_model_dir()):
             model = load_model(model_dir)
@@ -478,6 +527,75 @@ def serve_cmd(
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command("opensearch-pipeline")
+@click.argument("name", default="kd-rerank")
+@click.option(
+    "--service-url",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="`reranker serve` as the cluster reaches it (its Cohere dialect, /v1/rerank).",
+)
+@click.option(
+    "--window",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Hits reranked per hit asked for (oversample factor): size 10 reranks the top 100.",
+)
+@click.option(
+    "--timeout-s",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 600),
+    help="Connector connection and read timeouts, whole seconds; past them the search "
+    "answers in BM25 order.",
+)
+@click.option(
+    "--text-field",
+    default="rerank_text",
+    show_default=True,
+    help="Document field sent to the model (`reranker index --backend opensearch` stores "
+    "the model's product text there).",
+)
+@click.option(
+    "--set-default",
+    is_flag=True,
+    help="Also make NAME the default search pipeline of --index (through its alias).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the requests that would be sent; send none.")
+@opensearch_options
+def opensearch_pipeline_cmd(
+    name, service_url, window, timeout_s, text_field, set_default, dry_run, first_stage
+):
+    """Wire an OpenSearch cluster to a running `reranker serve`: a connector (with timeouts),
+    a remote model, and the search pipeline NAME that reranks hits inside the cluster.
+
+    Idempotent: running it again updates what changed and creates nothing twice. Needs the
+    ml-commons and neural-search plugins on the cluster."""
+    from reranker.index.opensearch_pipeline import PipelineSpec, rerank_ext, wire
+
+    spec = PipelineSpec(
+        name, service_url, text_field=text_field, window=window, timeout_s=timeout_s
+    )
+    report = wire(
+        spec,
+        first_stage.connection,
+        default_index=first_stage.name if set_default else None,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        for r in report.requests:
+            click.echo(r.show())
+        return
+    for action in report.actions:
+        click.echo(action)
+    click.echo(
+        f"connector {report.connector_id}, model {report.model_id}, pipeline {name}. Search with "
+        f"?search_pipeline={name} and the shopper's text in the body's ext: "
+        f"{json.dumps({'ext': rerank_ext('cordless drill')})}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,7 +82,9 @@ async def rerank(body: Any, core: Scoring, version: str) -> JSONResponse:
     top = ranking.order[: req.top_n] if req.top_n else ranking.order
     results = []
     for i in top:
-        item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+        # 7 significant digits: OpenSearch's connector parses longer numbers as BigDecimal and
+        # then fails to read them as a Double
+        item: dict[str, Any] = {"index": i, "relevance_score": float(f"{scores[i]:.7g}")}
         if req.return_documents:
             item["document"] = _document(req.documents[i])
         results.append(item)
