@@ -224,7 +224,11 @@ class OpenSearchRetriever:
         except QueryError:
             return []
         try:
-            res = self.client.search(index=self.index, body=body)
+            # this retriever's caller reranks: skip an index's default search pipeline (a
+            # `reranker opensearch-pipeline` one would oversample and rerank a second time)
+            res = self.client.search(
+                index=self.index, body=body, params={"search_pipeline": "_none"}
+            )
         except Exception as exc:
             raise describe(exc, self.options.url) from None
         out = []

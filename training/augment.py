@@ -19,10 +19,12 @@ Two sources, both deterministic for a seed:
       like "white toilet seat" or "brass door knob" (falls back to ``span`` when the product
       has no usable attribute).
 
-Queries of ``exclude`` files (dev, held-back) are never used, not even as synthetic queries;
-synthetic queries equal to a training query are dropped (source (a) covers them); pairs are
-deduplicated. Output columns: query, product_id, source, origin_product_id (synthetic only),
-bm25_rank, bm25_score.
+With ``shuffle_queries`` the rows are grouped by query in a seeded random order (both sources
+mixed), so that the first rows of the file, e.g. the part a long labelling run has finished, are
+a fair sample of the whole. Queries of ``exclude`` files (dev, held-back) are never used, not
+even as synthetic queries; synthetic queries equal to a training query are dropped (source (a)
+covers them); pairs are deduplicated. Output columns: query, product_id, source,
+origin_product_id (synthetic only), bm25_rank, bm25_score.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def augment(
     head: int | None = None,
     synthetic_queries: int = 0,
     attribute_share: float = 0.0,
+    shuffle_queries: bool = False,
     seed: int = 13,
     overwrite: bool = False,
     progress: bool = True,
@@ -206,8 +209,13 @@ def augment(
         synthetic_pairs += add(q, "synthetic", product.id)
     bar.close()
 
+    records = list(rows.values())
+    if shuffle_queries:  # whole queries in a seeded random order: any prefix is a fair sample
+        queries = list(dict.fromkeys(r["query"] for r in records))
+        rank = {q: i for i, q in enumerate(np.random.default_rng([seed, 2]).permutation(queries))}
+        records.sort(key=lambda r: rank[r["query"]])  # stable: a query's rows keep their order
     table = pa.Table.from_pylist(
-        list(rows.values()),
+        records,
         schema=pa.schema(
             [
                 ("query", pa.string()),

@@ -175,6 +175,11 @@ def train_teacher_cmd(
     show_default=True,
     help="Share of synthetic queries made as attribute + title words ('white toilet seat').",
 )
+@click.option(
+    "--shuffle-queries",
+    is_flag=True,
+    help="Whole queries in a seeded random order (a partly labelled file is a fair sample).",
+)
 @click.option("--seed", default=13, show_default=True)
 @overwrite_option
 def augment_cmd(
@@ -187,6 +192,7 @@ def augment_cmd(
     head,
     synthetic_queries,
     attribute_share,
+    shuffle_queries,
     seed,
     overwrite,
 ):
@@ -204,6 +210,7 @@ def augment_cmd(
         head=head,
         synthetic_queries=synthetic_queries,
         attribute_share=attribute_share,
+        shuffle_queries=shuffle_queries,
         seed=seed,
         overwrite=overwrite,
     )

@@ -52,11 +52,14 @@ class TorchScorer:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.max_length = max_length
         self.batch_size = batch_size
+        self.sort_by_length = True  # batches of similar length (little padding)
 
     def __call__(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         out = np.zeros(len(queries), dtype=np.float32)
         lengths = [len(q) + len(t) for q, t in zip(queries, texts, strict=True)]
-        order = np.argsort(lengths, kind="stable")
+        order = (
+            np.argsort(lengths, kind="stable") if self.sort_by_length else np.arange(len(queries))
+        )
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             enc = self.tokenizer(
