@@ -43,6 +43,9 @@ class ModelConfig:
     max_query_tokens: int | None = None  # default: half of max_length
     architecture: str = "cross"  # or "late" (reranker.late: product encoder + joint graphs)
     encoder_files: dict[str, str] = field(default_factory=dict)  # late: variant → product encoder
+    #: probability = sigmoid(scale * raw + bias), fitted on judged pairs the model was not
+    #: trained on (`reranker calibrate`); empty: the plain sigmoid of the raw score
+    calibration: dict = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     metadata: dict = field(default_factory=dict)  # base model, training, parity figures, ...
@@ -85,6 +88,10 @@ class ModelConfig:
             raise ModelError(f"{path}: a late model needs an encoder graph for each variant")
         if cfg.default_variant not in cfg.files:
             raise ModelError(f"{path}: default_variant {cfg.default_variant!r} is not in files")
+        if cfg.calibration and not all(
+            isinstance(cfg.calibration.get(k), int | float) for k in ("scale", "bias")
+        ):
+            raise ModelError(f"{path}: calibration needs numeric 'scale' and 'bias'")
         if cfg.max_length < 8:
             raise ModelError(f"{path}: max_length must be at least 8, not {cfg.max_length}")
         return cfg
@@ -318,7 +325,11 @@ class CrossEncoder:
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-raw.astype(np.float64)))).astype(np.float32)
+            z = raw.astype(np.float64)
+            cal = self.config.calibration
+            if cal:
+                z = float(cal["scale"]) * z + float(cal["bias"])
+            return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
         return raw.copy()
 
 

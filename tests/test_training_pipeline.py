@@ -405,3 +405,77 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
         main, ["search", "cordless drill", "--index-dir", str(built_index)], env=env
     )
     assert result.exit_code == 0 and f"reranked by {model_dir.name}" in result.output
+
+
+def test_calibrate_fits_the_probability_and_keeps_the_ranking(model_copy, splits, catalog_csv):
+    from reranker import CrossEncoder
+
+    train, dev = splits
+    before = CrossEncoder(model_copy, variant="fp32").score("cordless drill", ["a drill", "a hose"])
+    out = cli(
+        "calibrate",
+        model_copy,
+        "--judged",
+        train,
+        "--catalog",
+        catalog_csv,
+        "--variant",
+        "fp32",
+        "--plot-judged",
+        dev,
+    )
+    assert "calibration of" in out and "ECE" in out
+    cfg = json.loads((model_copy / "reranker.json").read_text())["calibration"]
+    assert cfg["method"] == "platt" and cfg["ece_after"] <= cfg["ece_before"] + 1e-9
+    after = CrossEncoder(model_copy, variant="fp32").score("cordless drill", ["a drill", "a hose"])
+    assert after.raw == pytest.approx(before.raw)  # rankings do not change
+    z = cfg["scale"] * after.raw.astype(np.float64) + cfg["bias"]
+    assert after.probability == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-5)
+
+
+def test_calibrate_leaves_out_the_training_pairs(model_copy, splits, catalog_csv, tmp_path):
+    train, _ = splits
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            str(model_copy),
+            "--judged",
+            str(train),
+            "--catalog",
+            str(catalog_csv),
+            "--exclude",
+            str(train),
+        ],
+    )
+    assert result.exit_code == 1 and "no pair of" in result.output
+
+
+def test_a_malformed_calibration_is_refused(model_copy):
+    from reranker.errors import ModelError
+    from reranker.models import open_model
+
+    path = model_copy / "reranker.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps(cfg | {"calibration": {"scale": "x"}}))
+    with pytest.raises(ModelError, match="calibration needs numeric"):
+        open_model(model_copy)
+
+
+def test_score_shards_keep_queries_whole_and_read_back_by_glob(tmp_path):
+    from reranker.training.data import read_pairs
+    from reranker.training.shards import distribution, write_shards
+
+    rows = [(f"q{i // 3}", str(i), "bm25" if i % 2 else "synthetic", float(i)) for i in range(10)]
+    table = pa.table(
+        {k: [r[j] for r in rows] for j, k in enumerate(("query", "product_id", "source", "score"))}
+    )
+    paths = write_shards(table, tmp_path, "aug", rows=4)
+    assert [pq.read_table(p).num_rows for p in paths] == [6, 4]  # q1 is not split
+    back = read_pairs(tmp_path / "aug-*.parquet", ("query", "product_id", "score"))
+    assert back.equals(table)
+    dist = distribution(table)
+    assert dist["all"]["pairs"] == 10 and dist["bm25"]["pairs"] == 5
+    assert 0 <= dist["all"]["probability"]["share_above_0.5"] <= 1
+    with pytest.raises(DataError, match="no file matches"):
+        read_pairs(tmp_path / "none-*.parquet", ("query",))

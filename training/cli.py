@@ -683,3 +683,72 @@ def ensemble_apply_cmd(members, ensemble_file, output, overwrite):
         )
     out = write_scores(member_scores(files), ens, output)
     click.echo(f"wrote {out}")
+
+
+@click.command("calibrate")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--judged",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Judged pairs the model was not trained on (never dev): the fit's data.",
+)
+@catalog_option
+@click.option(
+    "--exclude",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Pair files the model was trained on; their (query, product_id) pairs are left out.",
+)
+@click.option("--variant", help="Runtime variant to fit (default: the model's default).")
+@click.option(
+    "--max-pairs",
+    default=10_000,
+    show_default=True,
+    help="Fit on a seeded sample of whole queries of about this many pairs.",
+)
+@click.option(
+    "--plot-judged",
+    type=click.Path(path_type=Path),
+    help="Also draw the reliability before/after on these judged pairs (e.g. dev: evaluation "
+    "only, never the fit).",
+)
+@click.option("--plot", type=click.Path(path_type=Path), help="PNG of the reliability plot.")
+def calibrate_cmd(model_dir, judged, catalog, exclude, variant, max_pairs, plot_judged, plot):
+    """Fit the model's probability (Platt: sigmoid(scale * raw + bias)) on held-out judged
+    pairs and store it in its reranker.json; rankings do not change."""
+    from reranker.training.calibrate import (
+        calibrate,
+        ece,
+        judged_scores,
+        plot_reliability,
+        reliability,
+    )
+
+    cal = calibrate(
+        model_dir, judged, catalog, exclude=exclude, variant=variant, max_pairs=max_pairs
+    )
+    click.echo(
+        f"calibration of {model_dir}: scale {cal['scale']:.3f}, bias {cal['bias']:.3f} "
+        f"({cal['fitted_on']}); ECE on them {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}"
+    )
+    if plot_judged:
+        import numpy as np
+
+        from reranker.models import open_model
+
+        model = open_model(model_dir, variant=variant)
+        raw, target = judged_scores(model, plot_judged, catalog)
+        plain = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+        fitted = model._activate(raw)
+        curves = {
+            "plain sigmoid": reliability(plain, target),
+            "calibrated": reliability(fitted, target),
+        }
+        click.echo(
+            f"on {plot_judged.name}: ECE {ece(plain, target):.3f} -> {ece(fitted, target):.3f}"
+        )
+        click.echo(json.dumps({"reliability": curves}, indent=2))
+        if plot:
+            plot_reliability(curves, plot, f"{model.name} on {plot_judged.name}")
+            click.echo(f"reliability plot: {plot}")

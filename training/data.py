@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,15 @@ def catalog_texts(catalog: str | Path, fields: Sequence[str]) -> dict[str, str]:
 
 
 def read_pairs(path: str | Path, columns: Sequence[str]) -> pa.Table:
-    """A Parquet pair file with at least ``columns``; one-line errors for anything else."""
+    """A Parquet pair file with at least ``columns``; one-line errors for anything else. A
+    glob pattern (``scores/augmented-*.parquet``: shards) reads every match, in name order."""
+    if any(ch in str(path) for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(str(path)))
+        if not matches:
+            raise DataError(f"no file matches {path}")
+        return pa.concat_tables(
+            [read_pairs(m, columns) for m in matches], promote_options="default"
+        )
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reranker.errors import DataError
+from reranker.training.calibrate import fit_platt
 from reranker.training.data import read_pairs, soft_targets
 from reranker.training.evaluate import Judged, evaluate
 
@@ -131,7 +132,7 @@ def fit(
         if best is None or key > best[0]:
             best = (key, w, s)
     _, w, s = best
-    scale, bias = _fit_scale_bias(s, target)
+    scale, bias = fit_platt(s, target)
     acc, ndcg = _judged_metrics(queries, pids, rel, s)
     per_member["ensemble"] = {
         "pair_accuracy": acc,
@@ -141,21 +142,6 @@ def fit(
     per_member["pairs"] = len(queries)
     per_member["queries"] = len(set(queries))
     return Ensemble(list(members), [float(x) for x in w], float(scale), float(bias), per_member)
-
-
-def _fit_scale_bias(s: np.ndarray, target: np.ndarray, iters: int = 200) -> tuple[float, float]:
-    """Newton's method on BCE(sigmoid(a * s + b), target)."""
-    a, b = 1.0, 0.0
-    x = np.stack([s, np.ones_like(s)], axis=1)
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a * s + b, -30, 30)))
-        grad = x.T @ (p - target) / len(s)
-        hess = (x * (p * (1 - p))[:, None]).T @ x / len(s) + 1e-9 * np.eye(2)
-        delta = np.linalg.solve(hess, grad)
-        a, b = a - delta[0], b - delta[1]
-        if np.abs(delta).max() < 1e-10:
-            break
-    return float(a), float(b)
 
 
 def write_scores(table: pa.Table, ensemble: Ensemble, output: str | Path) -> Path:
