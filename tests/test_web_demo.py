@@ -44,6 +44,13 @@ def test_search_in_a_real_browser_shows_both_columns(serve_process):
             "cordless" in bm25.first.inner_text().lower()
             or "drill" in bm25.first.inner_text().lower()
         )
+        assert "q=cordless+drill" in page.url  # the search is in the URL, to link and share
         page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
+
+        shared = browser.new_page(viewport={"width": 1200, "height": 800})
+        shared.goto(f"{server}/?q=garden+hose")  # a shared link runs its search on load
+        shared.wait_for_selector("#reranked li")
+        assert shared.input_value("#q") == "garden hose"
+        assert shared.locator("#bm25 li").count() > 0
         browser.close()
     assert (ARTIFACTS / "web-demo.png").stat().st_size > 10_000
