@@ -55,6 +55,11 @@ def main() -> None:
     ap.add_argument("--n-queries", type=int, default=200)
     ap.add_argument("--url", default=os.environ.get("OPENSEARCH_URL", "http://127.0.0.1:9200"))
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument(
+        "--product-states",
+        help="an embedded index of the catalog with the model's states, for the service "
+        "(`reranker serve --product-states`)",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -69,10 +74,10 @@ def main() -> None:
     index_s = time.perf_counter() - t0
     queries = list(dict.fromkeys(pq.read_table(args.queries).column("query").to_pylist()))
     queries = queries[: args.n_queries]
-    service = subprocess.Popen(
-        [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)],
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)]
+    if args.product_states:
+        cmd += ["--product-states", args.product_states]
+    service = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{args.port}"
     for _ in range(300):
         try:
@@ -86,6 +91,7 @@ def main() -> None:
         "queries": len(queries),
         "index_seconds": index_s,
         "model": str(model),
+        "product_states": args.product_states,
     }
     try:
 
@@ -115,6 +121,23 @@ def main() -> None:
 
         for _ in range(20):  # warm the node's caches for BM25
             client.search(index=alias, body={"query": {"match": {"title": "drill"}}, "size": 10})
+        # the service alone: /v1/rerank of each query's BM25 top 100 as OpenSearch would send
+        # them (first time each text reaches the service, unless an earlier query sent it)
+        direct, http = [], httpx.Client(timeout=30)
+        for q in tqdm(queries, desc="/v1/rerank of the top 100", unit="query"):
+            body = {
+                "query": {"multi_match": {"query": q, "fields": ["title^2", "all_text"]}},
+                "size": 100,
+                "_source": ["rerank_text"],
+            }
+            hits = client.search(index=alias, body=body, params={"search_pipeline": "_none"})
+            docs = [h["_source"]["rerank_text"] for h in hits["hits"]["hits"]]
+            if len(docs) < 100:
+                continue
+            t = time.perf_counter()
+            http.post(f"{url}/v1/rerank", json={"query": q, "documents": docs}).raise_for_status()
+            direct.append(time.perf_counter() - t)
+        results["v1_rerank_100_first_time"] = pct(direct) | {"queries": len(direct)}
         run(None, "bm25")
         for window, passes in ((10, ("cold", "warm")), (1, ("warm",))):
             name = f"kd-bench-{window}"

@@ -148,6 +148,10 @@ def main() -> None:
         default=5000,
         help="catalog titles the clients draw from (sent once before the start: a warm cache)",
     )
+    ap.add_argument(
+        "--product-states",
+        help="the catalog's stored states for the service (`reranker serve --product-states`)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     duration = min(args.duration, MAX_SECONDS - 60)
@@ -161,10 +165,10 @@ def main() -> None:
     index_catalog_opensearch(
         catalog, options, alias, rerank_fields=ModelConfig.read(default_model_dir()).fields
     )
-    service = subprocess.Popen(
-        [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)],
-        stderr=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)]
+    if args.product_states:
+        cmd += ["--product-states", args.product_states]
+    service = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{args.port}"
     for _ in range(300):
         try:
@@ -251,6 +255,7 @@ def main() -> None:
         "rss_growth": round(rss_end / rss_start - 1, 4),
         "rss_mb_every_15_s": rss_samples,
         "pool_titles": len(titles),
+        "product_states": args.product_states,
         "connector": report_ids.connector_id,
     }
     print(json.dumps(result, indent=2))

@@ -302,6 +302,14 @@ def index_cmd(
                 f"stored each product's model text in rerank_text "
                 f"(title{''.join(' + ' + f for f in rerank_fields)})"
             )
+            model = load_model(model_path)
+            if model.config.architecture == "late":  # its states, for the service to read
+                states = build.index_catalog(catalog, index_dir, mapping, model=model, **common)
+                click.echo(
+                    f"stored product encoder states of {states.indexed} products in "
+                    f"{states.destination}: `reranker serve --product-states {index_dir}` "
+                    "reads them for products OpenSearch sends as text"
+                )
     else:
         if search_pipeline:
             raise click.UsageError("--search-pipeline needs --backend opensearch")
@@ -443,6 +451,13 @@ def _print_table(response, load_ms: float) -> None:
 @click.option("--no-rerank", is_flag=True, help="Serve without a model (first-stage order).")
 @click.option("--no-index", is_flag=True, help="Serve /rerank only, without an index for /search.")
 @click.option(
+    "--product-states",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="An embedded index made with this model (e.g. by `reranker index --backend opensearch "
+    "--index-dir DIR`): products that arrive as text (/rerank, Cohere, TEI, OpenSearch's "
+    "pipeline) are read from its stored states instead of encoded, when the text matches.",
+)
+@click.option(
     "--deadline-ms",
     default=500.0,
     show_default=True,
@@ -479,6 +494,7 @@ def serve_cmd(
     variant,
     no_rerank,
     no_index,
+    product_states,
     deadline_ms,
     max_batch_pairs,
     batch_wait_ms,
@@ -508,6 +524,11 @@ def serve_cmd(
     model = None
     if not no_rerank:
         model = load_model(model_dir, variant=variant)
+    held = 0
+    if product_states is not None and model is not None:
+        from reranker.pipeline import attach_product_states
+
+        held = attach_product_states(model, product_states)
     settings = ServiceSettings(
         deadline_ms=deadline_ms,
         max_batch_pairs=max_batch_pairs,
@@ -523,7 +544,8 @@ def serve_cmd(
     click.echo(
         f"serving on http://{host}:{port} (model: {model.name if model else 'none'}, "
         f"index: {'none' if retriever is None else first_stage.backend}"
-        f"{', products stored for the model' if stored else ''})",
+        f"{', products stored for the model' if stored else ''}"
+        f"{f', states of {held} product texts from {product_states}' if held else ''})",
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

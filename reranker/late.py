@@ -198,6 +198,9 @@ class LateCrossEncoder(CrossEncoder):
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._stored: tuple[ProductStates, dict[str, int]] | None = None  # attach_store
+        self.stored_hits = 0  # product texts found in the attached store (not encoded)
+        self.encoded_texts = 0  # product texts encoded at query time
         cfg = self.config
         if cfg.architecture != "late":
             raise ModelError(f"{self.model_dir} is not a late-interaction model")
@@ -264,14 +267,36 @@ class LateCrossEncoder(CrossEncoder):
         states = self.encode_ids(self.products_enc.encode(texts)) if len(texts) else []
         return [quantize_states(s) for s in states]
 
+    def attach_store(self, store: ProductStates, texts: Sequence[str]) -> int:
+        """Serve products that arrive as text from ``store`` (states made by ``reranker index``
+        for this model; ``texts[r]`` is product ``r``'s model text): a text found there is read,
+        not encoded. Texts not found (new or changed products) are encoded as before, so a stale
+        store costs time, never correctness. Returns how many distinct texts it holds."""
+        if store.key != self.token_key:
+            raise ModelError("the stored product states were made for another model")
+        if len(store) != len(texts):
+            raise ModelError(f"{len(texts)} texts for a store of {len(store)} products")
+        self._stored = (store, {t: r for r, t in enumerate(texts)})
+        return len(self._stored[1])
+
     def product_inputs(self, texts: Sequence[str]) -> list[np.ndarray]:
         """What this model reads of each product: its encoder states, quantised like stored ones
         (so a product scores the same whether its states come from an index, the cache or are
-        computed now). Each distinct text is encoded once; recent ones are cached."""
+        computed now). Texts found in an attached store (:meth:`attach_store`) are read from it;
+        each other distinct text is encoded once, and recent ones are cached."""
         out: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
         missing: dict[str, list[int]] = {}
+        if self._stored is not None:
+            store, row_of = self._stored
+            found = [(i, row_of[t]) for i, t in enumerate(texts) if t in row_of]
+            if found:
+                for (i, _), s in zip(found, store.rows([r for _, r in found]), strict=True):
+                    out[i] = s
+                self.stored_hits += len(found)
         with self._cache_lock:
             for i, t in enumerate(texts):
+                if out[i] is not None:
+                    continue
                 hit = self._cache.get(t)
                 if hit is not None:
                     self._cache.move_to_end(t)
@@ -280,6 +305,7 @@ class LateCrossEncoder(CrossEncoder):
                     missing.setdefault(t, []).append(i)
         if missing:
             fresh = self.encode_texts(list(missing))
+            self.encoded_texts += len(missing)
             with self._cache_lock:
                 for (t, rows), s in zip(missing.items(), fresh, strict=True):
                     for i in rows:

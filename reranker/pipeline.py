@@ -78,6 +78,27 @@ def load_model(model_dir: str | Path | None = None, **kwargs) -> CrossEncoder:
     return open_model(model_dir, **kwargs) if model_dir else load_default_model(**kwargs)
 
 
+def attach_product_states(model: CrossEncoder, index_dir: str | Path) -> int:
+    """Let a late student read the states stored in the embedded index at ``index_dir`` for
+    products that reach it as text (the same text as the index's, e.g. OpenSearch's
+    ``rerank_text``); returns how many texts it holds. A plain cross-encoder needs none (it
+    tokenises a text in microseconds): 0."""
+    from reranker.errors import ModelError
+    from reranker.index import BM25Index
+
+    if not hasattr(model, "attach_store"):
+        return 0
+    index = BM25Index.load(index_dir)
+    store = index.tokens_for(model.token_key)
+    if store is None:
+        raise ModelError(
+            f"the index at {index_dir} holds no product states for model {model.name}: "
+            f"build it with `reranker index CATALOG --index-dir {index_dir}` and this model"
+        )
+    texts = [p.text(model.config.fields) for p in index.products_at(range(len(index)))]
+    return model.attach_store(store, texts)
+
+
 def load_default_model(**kwargs) -> CrossEncoder:
     path = default_model_dir()
     if path is None:

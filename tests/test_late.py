@@ -440,3 +440,38 @@ def test_int8_product_encoder_keeps_float_arithmetic_close_to_fp32(late_student)
     b = open_model(onnx_dir, variant="int8").encode_ids(rows)
     for x, y in zip(a, b, strict=True):
         assert np.abs(x - y).max() < 0.05 * np.abs(x).max()
+
+
+def test_products_sent_as_text_are_read_from_attached_states(late_student, catalog_csv, tmp_path):
+    """What `reranker serve --product-states DIR` does for products OpenSearch (or any client)
+    sends as text: read their stored states instead of encoding them; same scores."""
+    from reranker.pipeline import attach_product_states
+
+    model = open_model(late_student[1], variant="fp32", cache_size=0)
+    index_catalog(catalog_csv, tmp_path / "idx", model=model)
+    index = BM25Index.load(tmp_path / "idx")
+    texts = [p.text(model.config.fields) for p in index.products_at(range(5))]
+    encoded = open_model(late_student[1], variant="fp32", cache_size=0).score("drill", texts).raw
+
+    all_texts = {p.text(model.config.fields) for p in index.products_at(range(len(index)))}
+    assert attach_product_states(model, tmp_path / "idx") == len(all_texts)  # distinct texts
+    got = model.score("drill", [*texts, "a product no index has"]).raw
+    assert model.stored_hits == 5 and model.encoded_texts == 1  # only the unknown text encoded
+    np.testing.assert_allclose(got[:5], encoded, atol=1e-6)
+
+    app = create_app(model, None, ServiceSettings())
+    with TestClient(app) as c:
+        r = c.post("/v1/rerank", json={"query": "drill", "documents": texts})
+        assert r.status_code == 200 and r.headers["x-reranked"] == "true"
+        metrics = c.get("/metrics").text
+    assert 'kd_product_texts{source="stored"} 10.0' in metrics
+    assert 'kd_product_texts{source="encoded"} 1.0' in metrics
+
+    other = open_model(late_student[1], variant="fp32")
+    with pytest.raises(ModelError, match="holds no product states"):
+        attach_product_states(other, built_index_without_states(catalog_csv, tmp_path))
+
+
+def built_index_without_states(catalog_csv, tmp_path):
+    index_catalog(catalog_csv, tmp_path / "plain", model=None)
+    return tmp_path / "plain"

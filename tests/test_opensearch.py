@@ -60,10 +60,27 @@ def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args], env={"RERANKER_MODEL": ""})
 
 
-def test_index_and_search_round_trip_through_the_cli(options, name, catalog_csv):
-    r = cli("index", catalog_csv, "--backend", "opensearch", "--url", URL, "--index", name, "-q")
+def test_index_and_search_round_trip_through_the_cli(options, name, catalog_csv, tmp_path):
+    r = cli(
+        "index",
+        catalog_csv,
+        "--backend",
+        "opensearch",
+        "--url",
+        URL,
+        "--index",
+        name,
+        "-q",
+        "--index-dir",
+        tmp_path / "states",
+    )
     assert r.exit_code == 0, r.output
     assert "indexed 30 products, skipped 0, failed 0" in r.output
+    # with the shipped late student: its model text in OpenSearch, its states on disk
+    assert "model text in rerank_text" in r.output
+    assert f"reranker serve --product-states {tmp_path / 'states'}" in r.output
+    src = options.client().search(index=name, body={"size": 1})["hits"]["hits"][0]["_source"]
+    assert src["rerank_text"] == src["title"]  # the shipped student reads the title only
     r = cli(
         "search",
         "twin garden hose",

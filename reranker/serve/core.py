@@ -93,6 +93,12 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "kd_model_load_seconds", "Time to load the model", registry=r
         )
+        self.product_texts = Gauge(
+            "kd_product_texts",
+            "Product texts a late student served from stored states or encoded at query time",
+            ["source"],
+            registry=r,
+        )
 
 
 # --------------------------------------------------------------------------------- batching
