@@ -149,6 +149,13 @@ def main() -> None:
         help="catalog titles the clients draw from (sent once before the start: a warm cache)",
     )
     ap.add_argument(
+        "--warmup",
+        type=float,
+        default=0,
+        help="seconds of the same concurrent traffic before the soak starts (not counted; the "
+        "starting memory is taken after it)",
+    )
+    ap.add_argument(
         "--product-states",
         help="the catalog's stored states for the service (`reranker serve --product-states`)",
     )
@@ -183,6 +190,32 @@ def main() -> None:
         httpx.post(
             f"{url}/rerank", json={"query": "drill", "documents": titles[i : i + 100]}, timeout=60
         )
+    rss_sequential = rss_mb(service.pid)
+    if args.warmup:  # the same traffic, concurrent, not counted (no OpenSearch restart)
+        warm: Counter = Counter()
+        warm_state = {"deadline": time.monotonic() + args.warmup}
+        warm_client = options.client()
+
+        async def warm_up():
+            await asyncio.gather(
+                *[
+                    client(
+                        i + 100,
+                        args,
+                        warm_state,
+                        titles,
+                        queries,
+                        url,
+                        warm_client,
+                        alias,
+                        pipeline,
+                        warm,
+                    )
+                    for i in range(args.clients)
+                ]
+            )
+
+        asyncio.run(warm_up())
     rss_start = rss_mb(service.pid)
     rss_samples: list[tuple[float, float]] = []
 
@@ -250,6 +283,8 @@ def main() -> None:
         "malformed_4xx": stats["malformed", 4],
         "fallbacks_during_run": {r: fb_end.get(r, 0) - fb_start.get(r, 0) for r in fb_end},
         "opensearch_restart": restarts,
+        "rss_mb_after_sequential_warmup": round(rss_sequential, 1),
+        "concurrent_warmup_seconds": args.warmup,
         "rss_mb_start": round(rss_start, 1),
         "rss_mb_end": round(rss_end, 1),
         "rss_growth": round(rss_end / rss_start - 1, 4),
