@@ -479,3 +479,63 @@ def test_score_shards_keep_queries_whole_and_read_back_by_glob(tmp_path):
     assert 0 <= dist["all"]["probability"]["share_above_0.5"] <= 1
     with pytest.raises(DataError, match="no file matches"):
         read_pairs(tmp_path / "none-*.parquet", ("query",))
+
+
+def test_shards_of_a_labelling_run_in_progress_keep_whole_queries(tmp_path):
+    import subprocess
+    import sys
+
+    from reranker.training.shards import joined
+
+    rows = [(f"q{i // 3}", str(i), float(i)) for i in range(9)]
+
+    def table(lo, hi, bias):
+        return pa.table(
+            {
+                "query": [r[0] for r in rows[lo:hi]],
+                "product_id": [r[1] for r in rows[lo:hi]],
+                "score": [r[2] + bias for r in rows[lo:hi]],
+            }
+        )
+
+    done = tmp_path / "a.parquet"  # member a finished
+    pq.write_table(table(0, 9, 0.0), done)
+    running = tmp_path / "b.parquet"  # member b: 5 of 9 rows in finished shards
+    shards = tmp_path / "b.parquet.shards"
+    shards.mkdir()
+    (shards / "label.json").write_text(json.dumps({"rows": 9}))
+    pq.write_table(table(0, 4, 1.0), shards / "part-00000.parquet")
+    pq.write_table(table(4, 5, 1.0), shards / "part-00001.parquet")
+    both, total = joined({"a": done, "b": running})
+    assert total == 9 and both.num_rows == 3  # q1 is cut off (rows 3-5): whole queries only
+    assert both.column("score_b").to_pylist() == [1.0, 2.0, 3.0]
+
+    ens = tmp_path / "ens.json"
+    ens.write_text(
+        json.dumps(
+            {"members": ["a", "b"], "weights": [0.5, 0.5], "scale": 2.0, "bias": 0.0, "holdout": {}}
+        )
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reranker.training.shards",
+            str(tmp_path / "out"),
+            "aug",
+            "--member",
+            f"a={done}",
+            "--member",
+            f"b={running}",
+            "--ensemble",
+            str(ens),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "3 of 9 rows" in out and "in progress" in out
+    dist = json.loads((tmp_path / "out" / "aug-distribution.json").read_text())
+    assert dist["complete"] is False and dist["rows"] == 3
+    score = pq.read_table(tmp_path / "out" / "aug-00000.parquet").column("score").to_pylist()
+    assert score == pytest.approx([1.0, 3.0, 5.0])  # 2 * (0.5 a + 0.5 b)
