@@ -21,7 +21,7 @@ PRECISION=${PRECISION:-auto}                      # bf16 where the CPU has AVX51
 AUG_PER_QUERY=${AUG_PER_QUERY:-20}
 AUG_DEPTH=${AUG_DEPTH:-100}
 AUG_HEAD=${AUG_HEAD:-5}
-AUG_SYNTHETIC=${AUG_SYNTHETIC:-5000}
+AUG_SYNTHETIC=${AUG_SYNTHETIC:-5200}
 AUG_ATTRIBUTE_SHARE=${AUG_ATTRIBUTE_SHARE:-0.5}
 THREADS=${THREADS:-2}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -73,7 +73,8 @@ step "augmented pairs: training queries' BM25 top $AUG_DEPTH (top $AUG_HEAD + a 
 [ -f "$ART/augmented.parquet" ] || reranker augment --index-dir "$ART/index" \
   --train "$ART/train_members.parquet" --exclude "$DATA/dev.parquet" --exclude "$ART/train_holdout.parquet" \
   --per-query "$AUG_PER_QUERY" --depth "$AUG_DEPTH" --head "$AUG_HEAD" \
-  --synthetic-queries "$AUG_SYNTHETIC" --attribute-share "$AUG_ATTRIBUTE_SHARE" --output "$ART/augmented.parquet"
+  --synthetic-queries "$AUG_SYNTHETIC" --attribute-share "$AUG_ATTRIBUTE_SHARE" --shuffle-queries \
+  --output "$ART/augmented.parquet"
 
 # Scored in this order so that what a short session finishes is already usable: dev and the
 # judged pairs of train first, then the augmented set (shards: a rerun resumes).
@@ -91,3 +92,25 @@ for set in dev train augmented; do
   done
 done
 echo "=== $(date -u +%H:%M:%S) labels done"
+
+members() { local set=$1 m; for m in $MEMBERS; do printf -- '--member %s=%s ' "$m" "$ART/labels/${m}_$set.parquet"; done; }
+
+step "ensemble: weights on the held-out slice of train (never dev)"
+# shellcheck disable=SC2046
+[ -f "$OUTDIR/ensemble.json" ] || reranker ensemble fit $(members train) \
+  --holdout "$ART/train_holdout.parquet" --output "$OUTDIR/ensemble.json"
+
+step "ensemble on dev"
+# shellcheck disable=SC2046
+[ -f "$ART/labels/ensemble_dev.parquet" ] || reranker ensemble apply $(members dev) \
+  --ensemble "$OUTDIR/ensemble.json" --output "$ART/labels/ensemble_dev.parquet"
+[ -f "$OUTDIR/eval_ensemble.json" ] || into "$OUTDIR/eval_ensemble.json" reranker eval \
+  --judged "$DATA/dev.parquet" --index-dir "$ART/index" --scores "$ART/labels/ensemble_dev.parquet" --json
+
+step "committed scores: train and the augmented set, every member and the ensemble"
+# shellcheck disable=SC2046
+[ -f "$OUTDIR/scores_train.parquet" ] || reranker ensemble apply $(members train) \
+  --ensemble "$OUTDIR/ensemble.json" --output "$OUTDIR/scores_train.parquet"
+# shellcheck disable=SC2046
+python -m reranker.training.shards "$OUTDIR" augmented $(members augmented) --ensemble "$OUTDIR/ensemble.json"
+echo "=== $(date -u +%H:%M:%S) done"
