@@ -228,6 +228,19 @@ def _wait_task(cluster: _Cluster, task_id: str, timeout_s: float = 60.0) -> dict
         time.sleep(0.3)
 
 
+def _wait_deployed(cluster: _Cluster, model_id: str, timeout_s: float = 60.0) -> None:
+    """Until the model's real-time state is DEPLOYED (a register task completes when the model
+    is registered; deploying it goes on after)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = cluster("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
+        if state == "DEPLOYED":
+            return
+        if state in ("DEPLOY_FAILED",) or time.monotonic() > deadline:
+            raise RerankerError(f"ml-commons model {model_id} is {state}, not deployed")
+        time.sleep(0.3)
+
+
 def _same_connector(have: dict, want: dict) -> bool:
     keys = ("description", "protocol", "parameters", "client_config")
     if any(have.get(k) != want.get(k) for k in keys if k != "client_config"):
@@ -326,6 +339,7 @@ def wire(
         if not dry_run:
             task = _wait_task(cluster, res["task_id"]) if res.get("task_id") else {}
             model_id = model_id or task.get("model_id")
+            _wait_deployed(cluster, model_id)
         report.actions.append(f"model {spec.model_name} registered and deployed")
     else:
         model_id = model["_id"]
@@ -336,10 +350,17 @@ def wire(
             if updated
             else cluster("GET", f"/_plugins/_ml/models/{model_id}").get("model_state")
         )
-        if state != "DEPLOYED":
+        if state == "DEPLOYING" and not dry_run:  # a deployment under way: wait for it
+            _wait_deployed(cluster, model_id)
+        elif state != "DEPLOYED":
             res = send("POST", f"/_plugins/_ml/models/{model_id}/_deploy", None, "deploy")
             if not dry_run and res.get("task_id"):
-                _wait_task(cluster, res["task_id"])
+                try:
+                    _wait_task(cluster, res["task_id"])
+                except RerankerError as exc:
+                    if "Duplicate deploy" not in str(exc):  # another deploy of it is running
+                        raise
+                _wait_deployed(cluster, model_id)
             report.actions.append(f"model {spec.model_name} deployed")
     report.model_id = model_id or "<new model id>"
 
