@@ -97,7 +97,7 @@ def joined(members: dict[str, Path]) -> tuple[pa.Table, int]:
     """The members' scores of the rows every one has finished, cut to whole queries: the
     first member's columns with ``score`` as ``score_<member>``, one such column per member."""
     tables = {m: finished_rows(p) for m, p in members.items()}
-    total = next(iter(tables.values()))[1]
+    total = max(t for _, t in tables.values())  # the whole pair file's rows
     n = min(t.num_rows for t, _ in tables.values())
     first = next(iter(tables.values()))[0]
     queries = first.column("query").to_pylist()
