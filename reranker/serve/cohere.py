@@ -25,7 +25,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reranker.serve.core import ApiError, Scoring, check_count, check_query, document_text
+from reranker.serve.core import (
+    ApiError,
+    Scoring,
+    check_count,
+    check_query,
+    document_text,
+    validation_message,
+)
 
 
 class CohereRerankRequest(BaseModel):
@@ -46,12 +53,6 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"id": str(uuid.uuid4()), "message": message}, status_code=status)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    return f"invalid request: {where}: {first.get('msg', 'invalid')}"
-
-
 def _document(doc: str | dict[str, Any]) -> dict[str, Any]:
     """A document as Cohere returns it: ``{text}`` for a string, the object otherwise."""
     return {"text": doc} if isinstance(doc, str) else doc
@@ -64,7 +65,7 @@ async def rerank(body: Any, core: Scoring, version: str) -> JSONResponse:
     try:
         req = CohereRerankRequest.model_validate(body)
     except ValidationError as exc:
-        return error(400, _validation_message(exc))
+        return error(400, f"invalid request: {validation_message(exc)}")
     settings = core.settings
     try:
         query = check_query(req.query, settings)

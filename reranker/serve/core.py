@@ -249,6 +249,13 @@ class ApiError(Exception):
         self.message = message
 
 
+def validation_message(exc) -> str:
+    """The first problem of a pydantic ``ValidationError`` as one line: ``where: what``."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg', 'invalid')}"
+
+
 def check_query(text: str, settings: ServiceSettings) -> str:
     if not text.strip():
         raise ApiError(422, "query is empty")

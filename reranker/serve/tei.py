@@ -18,7 +18,14 @@ from typing import Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reranker.serve.core import ApiError, Scoring, check_count, check_query, document_text
+from reranker.serve.core import (
+    ApiError,
+    Scoring,
+    check_count,
+    check_query,
+    document_text,
+    validation_message,
+)
 
 
 class TeiRerankRequest(BaseModel):
@@ -41,18 +48,12 @@ def error(status: int, message: str, error_type: str = "Validation") -> JSONResp
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
 
 
-def _validation_message(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-    return f"{where}: {first.get('msg', 'invalid')}"
-
-
 async def rerank(body: dict, core: Scoring) -> JSONResponse:
     t0 = time.perf_counter()
     try:
         req = TeiRerankRequest.model_validate(body)
     except ValidationError as exc:
-        return error(422, _validation_message(exc))
+        return error(422, validation_message(exc))
     settings = core.settings
     try:
         query = check_query(req.query, settings)
