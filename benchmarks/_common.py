@@ -100,3 +100,28 @@ def is_folded(config) -> bool:
 def late_flops(arch: dict, query_length: int, product_lengths, folded: bool = True) -> int:
     """All of :func:`late_flop_parts`."""
     return sum(late_flop_parts(arch, query_length, product_lengths, folded).values())
+
+
+def start_service(port: int, *args: str):
+    """`reranker serve --no-index ARGS` on 127.0.0.1:``port`` (the installed default model),
+    once it answers /healthz; returns (process, url). A service that does not come up is an
+    error, not a silent run against nothing."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    cmd = [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, *args], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            return proc, url
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"reranker serve did not answer at {url}")

@@ -19,14 +19,13 @@ import json
 import os
 import platform
 import re
-import subprocess
-import sys
 import time
 import uuid
 
 import httpx
 import numpy as np
 import pyarrow.parquet as pq
+from _common import start_service
 from tqdm.auto import tqdm
 
 from reranker.catalog import read_catalog
@@ -74,17 +73,8 @@ def main() -> None:
     index_s = time.perf_counter() - t0
     queries = list(dict.fromkeys(pq.read_table(args.queries).column("query").to_pylist()))
     queries = queries[: args.n_queries]
-    cmd = [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)]
-    if args.product_states:
-        cmd += ["--product-states", args.product_states]
-    service = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{args.port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/healthz", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    states = ["--product-states", args.product_states] if args.product_states else []
+    service, url = start_service(args.port, *states)
     results: dict = {
         "machine": platform.processor() or platform.machine(),
         "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip("\t: "),

@@ -20,7 +20,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow.parquet as pq
+from _common import start_service
 
 from reranker.catalog import read_catalog
 from reranker.crossencoder import ModelConfig
@@ -74,7 +74,7 @@ MALFORMED = (
 )
 
 
-async def client(i, args, state, titles, queries, url, os_client, alias, pipeline, stats):
+async def client(i, state, titles, queries, url, os_client, alias, pipeline, stats):
     rng = random.Random(1000 + i)
     async with httpx.AsyncClient(timeout=10) as http:
         while time.monotonic() < state["deadline"]:
@@ -172,17 +172,8 @@ def main() -> None:
     index_catalog_opensearch(
         catalog, options, alias, rerank_fields=ModelConfig.read(default_model_dir()).fields
     )
-    cmd = [sys.executable, "-m", "reranker.cli", "serve", "--no-index", "--port", str(args.port)]
-    if args.product_states:
-        cmd += ["--product-states", args.product_states]
-    service = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{args.port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/healthz", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    states = ["--product-states", args.product_states] if args.product_states else []
+    service, url = start_service(args.port, *states)
     pipeline = f"soak-{uuid.uuid4().hex[:6]}"
     report_ids = wire(PipelineSpec(pipeline, url, window=3), options)
     # warm-up: every title of the pool once (the service's text cache), then the starting memory
@@ -240,7 +231,7 @@ def main() -> None:
     async def run():
         await asyncio.gather(
             *[
-                client(i, args, state, titles, queries, url, os_client, alias, pipeline, stats)
+                client(i, state, titles, queries, url, os_client, alias, pipeline, stats)
                 for i in range(args.clients)
             ]
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,42 +120,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def serve_process(built_index, tiny_model):
-    """`reranker serve` as a real process on a free loopback port; yields (url, process)."""
-    import subprocess
-    import sys
+def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
+    """`reranker serve ARGS` as a real process on a free loopback port, once it answers
+    /healthz; returns (process, url). The caller terminates it."""
     import time
 
     import httpx
 
     port = free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reranker.cli",
-            "serve",
-            "--index-dir",
-            str(built_index),
-            "--model",
-            str(tiny_model),
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "reranker.cli", "serve", *args, "--port", str(port)],
         stderr=subprocess.PIPE,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            httpx.get(f"{url}/healthz", timeout=1)
+            return proc, url
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"reranker serve exited: {proc.stderr.read()}") from None
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("reranker serve did not answer /healthz in 30 s")
+
+
+@pytest.fixture
+def serve_process(built_index, tiny_model):
+    """`reranker serve` as a real process on a free loopback port; yields (url, process)."""
+    proc, url = start_serve("--index-dir", str(built_index), "--model", str(tiny_model))
     try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"reranker serve exited: {proc.stderr.read()}") from None
-                time.sleep(0.1)
         yield url, proc
     finally:
         proc.terminate()

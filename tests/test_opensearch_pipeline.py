@@ -5,8 +5,6 @@ plugin is a failure."""
 
 import http.server
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +20,7 @@ from reranker.crossencoder import ModelConfig
 if os.environ.get("RERANKER_SKIP_OPENSEARCH") == "1":
     pytest.skip("RERANKER_SKIP_OPENSEARCH=1: OpenSearch tests opted out", allow_module_level=True)
 
-from conftest import free_port  # noqa: E402
+from conftest import free_port, start_serve  # noqa: E402
 
 from reranker.index.opensearch import (  # noqa: E402
     RERANK_TEXT_FIELD,
@@ -53,34 +51,6 @@ def options():
     missing = {"opensearch-ml", "opensearch-neural-search"} - plugins
     assert not missing, f"the node lacks {missing}: scripts/opensearch.sh installs them"
     return opts
-
-
-def start_service(model, port):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reranker.cli",
-            "serve",
-            "--no-index",
-            "--model",
-            str(model),
-            "--port",
-            str(port),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/healthz", timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"reranker serve exited: {proc.stderr.read()}") from None
-            time.sleep(0.1)
-    raise RuntimeError("reranker serve did not start")
 
 
 @pytest.fixture
@@ -115,7 +85,7 @@ def hits(options, alias, size, pipeline=None, ext=True):
 
 
 def test_search_pipeline_reranks_like_the_service(options, alias, tiny_model):
-    proc, url = start_service(tiny_model, free_port())
+    proc, url = start_serve("--no-index", "--model", str(tiny_model))
     name = f"kd-test-{uuid.uuid4().hex[:6]}"
     args = [
         "opensearch-pipeline",
