@@ -131,8 +131,11 @@ def main() -> None:
     for v in args.member:
         name, _, path = v.partition("=")
         members[name] = Path(path)
-    ens = Ensemble.load(args.ensemble)
-    table, total = joined(members)
+    try:
+        ens = Ensemble.load(args.ensemble)
+        table, total = joined(members)
+    except (OSError, ValueError, KeyError) as exc:  # one line, not a traceback
+        raise SystemExit(f"shards: {exc}") from None
     logits = {m: table.column(f"score_{m}").to_numpy() for m in ens.members}
     table = table.append_column("score", pa.array(ens.combine(logits), pa.float32()))
     paths = write_shards(table, args.out_dir, args.name, args.rows)
