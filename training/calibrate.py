@@ -24,20 +24,37 @@ from reranker.training.data import catalog_texts, read_pairs, soft_targets, text
 
 
 def fit_platt(raw: np.ndarray, target: np.ndarray, iters: int = 200) -> tuple[float, float]:
-    """``scale, bias`` minimising BCE(sigmoid(scale * raw + bias), target) (Newton's method)."""
+    """``scale, bias`` minimising BCE(sigmoid(scale * raw + bias), target): Newton's method on
+    the standardised score, from the constant fit (scale 0), halving a step that does not lower
+    the loss, so that raw scores far from 0 or of a large spread cannot make it diverge."""
     s = np.asarray(raw, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
-    a, b = 1.0, 0.0
-    x = np.stack([s, np.ones_like(s)], axis=1)
+    mu, sd = float(s.mean()), float(s.std()) or 1.0
+    z = (s - mu) / sd
+    x = np.stack([z, np.ones_like(z)], axis=1)
+    mean_t = float(np.clip(t.mean(), 1e-6, 1 - 1e-6))
+    w = np.array([0.0, np.log(mean_t / (1 - mean_t))])
+
+    def loss(w):
+        logit = np.clip(x @ w, -30, 30)
+        return float(np.mean(np.logaddexp(0, logit) - t * logit))
+
+    current = loss(w)
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a * s + b, -30, 30)))
-        grad = x.T @ (p - t) / len(s)
-        hess = (x * (p * (1 - p))[:, None]).T @ x / len(s) + 1e-9 * np.eye(2)
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
+        grad = x.T @ (p - t) / len(z)
+        hess = (x * (p * (1 - p))[:, None]).T @ x / len(z) + 1e-9 * np.eye(2)
         delta = np.linalg.solve(hess, grad)
-        a, b = a - delta[0], b - delta[1]
-        if np.abs(delta).max() < 1e-10:
+        step = 1.0
+        while step > 1e-6 and loss(w - step * delta) > current:
+            step /= 2
+        if step <= 1e-6:
             break
-    return float(a), float(b)
+        w = w - step * delta
+        current = loss(w)
+        if np.abs(step * delta).max() < 1e-10:
+            break
+    return float(w[0] / sd), float(w[1] - w[0] * mu / sd)
 
 
 def ece(probability: np.ndarray, target: np.ndarray, bins: int = 10) -> float:

