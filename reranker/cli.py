@@ -206,8 +206,8 @@ def model_options(f):
         "--model",
         "model_dir",
         type=click.Path(path_type=Path),
-        help="Model directory written by `reranker export` "
-        "(default: $RERANKER_MODEL or the installed student).",
+        help="Model directory written by `reranker export`, or a shipped profile: default "
+        "(alias fast) or accurate (default: $RERANKER_MODEL or the shipped default).",
     )(f)
 
 
@@ -276,6 +276,7 @@ def index_cmd(
     """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
     from reranker.catalog import FieldMapping, describe_skipped
     from reranker.index import build
+    from reranker.models import resolve_model_dir
     from reranker.pipeline import default_model_dir, load_model
 
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
@@ -283,7 +284,7 @@ def index_cmd(
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
     if first_stage.backend == "opensearch":
         rerank_fields = None  # the model's product text, for OpenSearch's rerank processor
-        model_path = model_dir or default_model_dir()
+        model_path = resolve_model_dir(model_dir) if model_dir else default_model_dir()
         if not no_tokens and model_path:
             from reranker.crossencoder import ModelConfig
 

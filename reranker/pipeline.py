@@ -11,7 +11,7 @@ from pathlib import Path
 from reranker.crossencoder import CrossEncoder
 from reranker.errors import ModelNotInstalledError, QueryError
 from reranker.index.base import Candidate, Retriever
-from reranker.models import PACKAGED_MODELS, open_model
+from reranker.models import PACKAGED_MODELS, open_model, resolve_model_dir
 
 #: Where the shipped default student lives inside the package (if one is installed).
 PACKAGED_MODEL_DIR = PACKAGED_MODELS / "default"
@@ -65,11 +65,12 @@ class SearchResponse:
 
 
 def default_model_dir() -> Path | None:
-    """The model ``reranker search`` uses without ``--model``: ``$RERANKER_MODEL``, else the
-    student shipped inside the package, else ``None``."""
+    """The model ``reranker search`` uses without ``--model``: ``$RERANKER_MODEL`` (a directory
+    or a shipped profile's name, e.g. ``accurate``), else the student shipped inside the package,
+    else ``None``."""
     env = os.environ.get(MODEL_ENV)
     if env:
-        return Path(env)
+        return resolve_model_dir(env)
     return PACKAGED_MODEL_DIR if (PACKAGED_MODEL_DIR / "reranker.json").is_file() else None
 
 

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -225,3 +226,35 @@ def test_the_packaged_student_is_the_default(run, built_index):
     packaged = open_model(reranker.pipeline.PACKAGED_MODEL_DIR)
     assert body["reranked"] and body["model"] == packaged.name
     assert (reranker.pipeline.PACKAGED_MODEL_DIR / "MODEL_CARD.md").is_file()
+
+
+def test_shipped_profiles_are_selectable_by_name(run, built_index, monkeypatch, tmp_path):
+    """`--model accurate` / `open_model("accurate")` / RERANKER_MODEL=accurate pick the shipped
+    accurate profile; `fast` is the default's other name; a directory of that name wins."""
+    from reranker import open_model
+    from reranker.errors import ModelError
+    from reranker.models import PACKAGED_MODELS, resolve_model_dir
+
+    assert resolve_model_dir("fast") == resolve_model_dir("default") == PACKAGED_MODELS / "default"
+    accurate = open_model("accurate")
+    assert accurate.config.architecture != "late"  # a full cross-encoder
+    r = run("search", "cordless drill", "--index-dir", built_index, "--model", "accurate", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == accurate.name
+    r = run(
+        "search",
+        "cordless drill",
+        "--index-dir",
+        built_index,
+        "--json",
+        env={"RERANKER_MODEL": "accurate"},
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"] == accurate.name
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "accurate").mkdir()  # a local folder of that name is a directory, not the profile
+    assert resolve_model_dir("accurate") == Path("accurate")
+    with pytest.raises(ModelError, match="profiles are"):
+        from reranker.models import packaged_model_dir
+
+        packaged_model_dir("huge")
