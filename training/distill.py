@@ -28,14 +28,12 @@ import torch
 from tqdm.auto import tqdm
 
 from reranker.errors import RerankerError
-from reranker.training.data import catalog_texts, read_pairs
+from reranker.training.data import catalog_texts, read_pairs, soft_targets
 from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed, student_logits
 from reranker.training.precision import autocast, resolve_precision
 from reranker.training.teacher import keep_layers
 
 LOSSES = ("triples", "listwise", "labels-bce")
-#: Judged relevance range of the Home Depot data, mapped to [0, 1] by ``labels-bce``.
-RELEVANCE_RANGE = (1.0, 3.0)
 #: ``cross``: a plain cross-encoder; ``late``: first layers per text, last layer joint
 #: (:mod:`reranker.training.latebert`).
 ARCHITECTURES = ("cross", "late")
@@ -122,12 +120,12 @@ def label_groups(args: DistillArgs) -> dict[str, list[tuple[str, float]]]:
             "column) and no --augmented pairs"
         )
     t = read_pairs(args.labelled, ("query", "product_id", "relevance"))
-    lo, hi = RELEVANCE_RANGE
+    targets = soft_targets(t.column("relevance").to_numpy())  # the teacher's mapping, [1, 3]
     groups: dict[str, dict[str, float]] = {}
-    for q, p, r in zip(
-        *(t.column(c).to_pylist() for c in ("query", "product_id", "relevance")), strict=True
+    for q, p, y in zip(
+        t.column("query").to_pylist(), t.column("product_id").to_pylist(), targets, strict=True
     ):
-        groups.setdefault(q, {})[str(p)] = min(1.0, max(0.0, (float(r) - lo) / (hi - lo)))
+        groups.setdefault(q, {})[str(p)] = float(y)
     return {q: list(d.items()) for q, d in groups.items()}
 
 
