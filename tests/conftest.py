@@ -66,6 +66,69 @@ def build_tiny_hf_model(out: Path, texts: list[str], seed: int = 0) -> Path:
     return out
 
 
+def build_tiny_gguf(path: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A random 2-layer Llama written as a GGUF file the way SmolLM2's is (llama architecture,
+    a byte-level BPE "gpt2" tokenizer with no separator token, no classification head), so the
+    teacher's GGUF path and its one-prompt pair form run on something tiny."""
+    import gguf
+    import numpy as np
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    rest = [b for b in range(256) if b not in printable]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]  # GPT-2 bytes
+    merges = ["Ġ d", "r i", "l l", "o r"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = specials + chars + [m.replace(" ", "") for m in merges]
+    heads, kv, ffn = 4, 2, 2 * hidden
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(False)
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape):
+        return (rng.normal(size=shape) * 0.2).astype(np.float32)
+
+    kv_dim = kv * hidden // heads
+    w.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    for i in range(layers):
+        for name, shape in (
+            ("attn_q", (hidden, hidden)),
+            ("attn_k", (kv_dim, hidden)),
+            ("attn_v", (kv_dim, hidden)),
+            ("attn_output", (hidden, hidden)),
+            ("ffn_gate", (ffn, hidden)),
+            ("ffn_up", (ffn, hidden)),
+            ("ffn_down", (hidden, ffn)),
+        ):
+            w.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, np.float32))
+    w.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_model(tmp_path_factory, catalog_csv) -> Path:
     from reranker.catalog import read_catalog

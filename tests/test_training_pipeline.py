@@ -625,6 +625,31 @@ def test_decoder_llm_pairs_become_one_prompt_and_encoder_pairs_keep_their_form(t
     assert enc["input_ids"][0].tolist().count(encoder.sep_token_id) == 2
 
 
+def test_train_teacher_reads_a_gguf_decoder_llm(tmp_path, splits, catalog_csv):
+    """The paper's LLM member as this project trains it (SmolLM2's GGUF file, tiny here): read
+    through transformers' GGUF loader, fine-tuned in full through its classification head,
+    pairs as one prompt (its tokenizer has no separator), saved as a plain model that labels."""
+    from conftest import build_tiny_gguf
+    from transformers import AutoTokenizer
+
+    train, _ = splits
+    gguf_file = build_tiny_gguf(tmp_path / "tiny-llm.gguf")
+    teacher = tmp_path / "teacher-llm"
+    cli(
+        "train-teacher", "--model", gguf_file, "--train", train, "--catalog", catalog_csv,
+        "--output", teacher, "--batch-size", "4", "--lr", "1e-2", "--max-length", "48",
+        "--precision", "fp32",
+    )  # fmt: skip
+    assert AutoTokenizer.from_pretrained(teacher).sep_token is None  # the prompt form applies
+    assert json.loads((teacher / "teacher_args.json").read_text())["model"] == str(gguf_file)
+    cli(
+        "label", train, "--teacher", teacher, "--catalog", catalog_csv,
+        "--output", tmp_path / "llm_train.parquet", "--precision", "fp32",
+    )  # fmt: skip
+    scores = pq.read_table(tmp_path / "llm_train.parquet").column("score").to_numpy()
+    assert len(scores) == len(TRAIN) and np.all(np.isfinite(scores)) and np.ptp(scores) > 0
+
+
 @pytest.mark.parametrize("offset,spread", [(0.0, 1.0), (40.0, 8.0), (-300.0, 50.0)])
 def test_platt_fit_recovers_the_curve_whatever_the_score_level(offset, spread):
     """A margin-trained student's raw scores sit at any level and spread (the loss fixes only

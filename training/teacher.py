@@ -91,8 +91,30 @@ def _from_pretrained(cls, path: str, **kwargs):
         from reranker._extras import require
 
         require("gguf", "train")
-        return cls.from_pretrained(str(p.parent), gguf_file=p.name, **kwargs)
+        loaded = cls.from_pretrained(str(p.parent), gguf_file=p.name, **kwargs)
+        if isinstance(loaded, torch.nn.Module):
+            _plain_weights(loaded, p)
+        return loaded
     return cls.from_pretrained(path, **kwargs)
+
+
+def _plain_weights(model, path: Path) -> None:
+    """A GGUF model dequantised to plain float tensors, as a model read from a folder: without
+    this, transformers still marks it as GGUF-quantised and refuses to save the fine-tuned
+    weights (`save_pretrained`: "quantized with gguf and is not serializable")."""
+    from reranker.errors import RerankerError
+
+    packed = [n for n, m in model.named_modules() if type(m).__name__.startswith("Gguf")]
+    if packed:
+        raise RerankerError(
+            f"{path}: transformers kept {len(packed)} layers in packed GGUF blocks (e.g. "
+            f"{packed[0]}), which cannot be fine-tuned; uninstall `kernels` so that it "
+            "dequantises the model"
+        )
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _load_model(path: str, args: TeacherArgs | None = None, adapter: Path | None = None):
