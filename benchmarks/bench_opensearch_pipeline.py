@@ -29,9 +29,9 @@ from _common import start_service
 from tqdm.auto import tqdm
 
 from reranker.catalog import read_catalog
-from reranker.crossencoder import ModelConfig
 from reranker.index.opensearch import ConnectionOptions, index_catalog_opensearch
 from reranker.index.opensearch_pipeline import PipelineSpec, rerank_ext, wire
+from reranker.models import model_fields
 from reranker.pipeline import default_model_dir
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     alias = f"bench-{uuid.uuid4().hex[:6]}"
     t0 = time.perf_counter()
     index_catalog_opensearch(
-        read_catalog(args.catalog), options, alias, rerank_fields=ModelConfig.read(model).fields
+        read_catalog(args.catalog), options, alias, rerank_fields=model_fields(model)
     )
     index_s = time.perf_counter() - t0
     queries = list(dict.fromkeys(pq.read_table(args.queries).column("query").to_pylist()))

@@ -47,6 +47,15 @@ def rss_mb(pid: str = "self") -> float:
     return float("nan")
 
 
+def files_mb(model) -> float:
+    """Megabytes of the model files a variant loads (a cascade: both stages')."""
+    if hasattr(model, "second_k"):
+        return files_mb(model.first) + files_mb(model.second)
+    cfg, variant = model.config, model.variant
+    names = [cfg.files[variant], *([cfg.encoder_files[variant]] if cfg.encoder_files else [])]
+    return sum((model.model_dir / f).stat().st_size / 1e6 for f in names)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalog", default="demo/products.parquet")
@@ -137,17 +146,7 @@ def main() -> None:
                 totals.append(time.perf_counter() - t)
             out["rerank"][variant] = percentiles(times) | {
                 "search_total": percentiles(totals),
-                "file_mb": sum(
-                    (model_dir / f).stat().st_size / 1e6
-                    for f in (
-                        model.config.files[variant],
-                        *(
-                            [model.config.encoder_files[variant]]
-                            if model.config.encoder_files
-                            else []
-                        ),
-                    )
-                ),
+                "file_mb": files_mb(model),
             }
         out["rss_mb"] = rss_mb()
     finally:

@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 from _common import start_service
 
 from reranker.catalog import read_catalog
-from reranker.crossencoder import ModelConfig
 from reranker.index.opensearch import ConnectionOptions, index_catalog_opensearch
 from reranker.index.opensearch_pipeline import PipelineSpec, rerank_ext, wire
+from reranker.models import model_fields
 from reranker.pipeline import default_model_dir
 
 MAX_SECONDS = 600
@@ -170,7 +170,7 @@ def main() -> None:
     options = ConnectionOptions(os_url, timeout=10, retries=0)
     alias = f"soak-{uuid.uuid4().hex[:6]}"
     index_catalog_opensearch(
-        catalog, options, alias, rerank_fields=ModelConfig.read(default_model_dir()).fields
+        catalog, options, alias, rerank_fields=model_fields(default_model_dir())
     )
     states = ["--product-states", args.product_states] if args.product_states else []
     service, url = start_service(args.port, *states)

@@ -286,9 +286,9 @@ def index_cmd(
         rerank_fields = None  # the model's product text, for OpenSearch's rerank processor
         model_path = resolve_model_dir(model_dir) if model_dir else default_model_dir()
         if not no_tokens and model_path:
-            from reranker.crossencoder import ModelConfig
+            from reranker.models import model_fields
 
-            rerank_fields = ModelConfig.read(Path(model_path)).fields
+            rerank_fields = model_fields(model_path)
         report = build.index_catalog_opensearch(
             catalog,
             first_stage.connection,
@@ -550,6 +550,28 @@ def serve_cmd(
         err=True,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command("cascade")
+@click.argument("first", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("second", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--second-k",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many of the first stage's best candidates the second stage rescores.",
+)
+@click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", help="The cascade's name in answers (default: the output's).")
+def cascade_cmd(first, second, second_k, output, name) -> None:
+    """Write a two-stage model directory: FIRST (e.g. a late student) scores every candidate,
+    SECOND (e.g. a full cross-encoder) rescores FIRST's best SECOND_K. It is used like any model
+    directory (--model DIR); an index built for it stores FIRST's product forms."""
+    from reranker.cascade import write_cascade
+
+    out = write_cascade(output, first, second, second_k, name)
+    click.echo(f"cascade {out}: {first} on every candidate, {second} on its best {second_k}")
 
 
 @main.command("opensearch-pipeline")

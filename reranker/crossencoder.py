@@ -121,10 +121,14 @@ class CrossEncoder:
         threads: int | None = None,
         batch_size: int = 32,
         session_options: dict | None = None,
+        session_config: dict[str, str] | None = None,
     ) -> None:
         """``session_options``: onnxruntime ``SessionOptions`` attributes to set (e.g.
         ``{"enable_cpu_mem_arena": False}``; ``graph_optimization_level`` as one of
-        ``disable``, ``basic``, ``extended``, ``all``), for tuning and benchmarks."""
+        ``disable``, ``basic``, ``extended``, ``all``), for tuning and benchmarks.
+        ``session_config``: session config entries (e.g. ``{"session.intra_op.allow_spinning":
+        "0"}``, as a cascade sets for its stages so that one's idle threads do not take the
+        cores from the other)."""
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -165,7 +169,7 @@ class CrossEncoder:
         self.latency = LatencyModel()
 
         onnx_path = self.model_dir / self.config.files[self.variant]
-        self.session = self._session(onnx_path, threads, session_options)
+        self.session = self._session(onnx_path, threads, session_options, session_config)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._check_inputs(onnx_path)
 

@@ -15,6 +15,8 @@
 #                each, evaluated in fp32 (int8 alone moves pair accuracy by ~0.006). Run two
 #                copies with different SEEDS and THREADS=1 to use both cores.
 # PHASE=loss     the triples loss against all pairs of a list (the study's x2 point, same seeds).
+# PHASE=cascade  the default profile's form: FIRST (a late student) on every candidate, SECOND (a
+#                cross-encoder) on its best SECOND_K; evaluated in int8 (judged and end to end).
 set -euo pipefail
 { # read whole before it runs, so that editing the file cannot change a run in progress
 cd "$(dirname "$0")/.."
@@ -31,7 +33,12 @@ SEEDS=${SEEDS:-"13 14 15"}
 STUDY_SIZES=${STUDY_SIZES:-"0 1 2 4 8"}
 STUDY_PART=${STUDY_PART:-0.125}           # of the members' queries: x8 fits in 2 cores x 1 hour
 THREADS=${THREADS:-2}
+TAG=${TAG:-}                              # PHASE=shipped: appended to the run names (e.g. -a251k)
+AUG_SIZE=${AUG_SIZE:-}                    # PHASE=shipped: cut the augmented pairs (time), e.g. 200000
 PRECISION=${PRECISION:-auto}
+FIRST=${FIRST:-late-f48}                  # PHASE=cascade: runs under $ST (exported: NAME-onnx)
+SECOND=${SECOND:-cross-f64}
+SECOND_K=${SECOND_K:-20}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 mkdir -p "$ST" "$OUTDIR"
@@ -65,11 +72,11 @@ evaluate() {
 
 if [ "$PHASE" = shipped ]; then
   for arch in $ARCHS; do
-    if [ $arch = late ]; then name=late-f48; args=("${LATE[@]}"); else name=cross-f64; args=("${CROSS[@]}"); fi
+    if [ $arch = late ]; then name=late-f48$TAG; args=("${LATE[@]}"); else name=cross-f64$TAG; args=("${CROSS[@]}"); fi
     step "$name: all of train's scores (minus the held-out slice) + the augmented shards"
     [ -f "$ST/$name/distill_args.json" ] || timed "$name" reranker distill \
-      --labelled "$ST/scores_members.parquet" --augmented "$AUG" --catalog "$DATA/products.parquet" \
-      "${args[@]}" --epochs 1 --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
+      --labelled "$ST/scores_members.parquet" --augmented "$AUG" ${AUG_SIZE:+--augment-size "$AUG_SIZE"} \
+      --catalog "$DATA/products.parquet" "${args[@]}" --epochs 1 --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
     export_student "$name"
     evaluate "$name" int8 --e2e
     evaluate "$name" fp32
@@ -117,6 +124,14 @@ if [ "$PHASE" = loss ]; then
     [ -f "$ST/$name-onnx/reranker.json" ] || reranker export "$ST/$name" --output "$ST/$name-onnx" --no-int8
     evaluate "$name" fp32
   done
+fi
+if [ "$PHASE" = cascade ]; then
+  name="cascade-$FIRST-$SECOND-k$SECOND_K"
+  step "$name"
+  [ -f "$ST/$name/reranker.json" ] || reranker cascade "$ST/$FIRST-onnx" "$ST/$SECOND-onnx" \
+    --second-k "$SECOND_K" --output "$ST/$name"
+  [ -f "$OUTDIR/eval_$name-int8.json" ] || into "$OUTDIR/eval_$name-int8.json" reranker eval \
+    --judged "$DATA/dev.parquet" --index-dir "$ART/index" --model "$ST/$name" --variant int8 --json --e2e
 fi
 step "done"
 exit

@@ -238,6 +238,9 @@ def test_shipped_profiles_are_selectable_by_name(run, built_index, monkeypatch, 
     assert resolve_model_dir("fast") == resolve_model_dir("default") == PACKAGED_MODELS / "default"
     accurate = open_model("accurate")
     assert accurate.config.architecture != "late"  # a full cross-encoder
+    default = open_model("default")  # a cascade: the late student, then `accurate` on its best
+    assert default.first.config.architecture == "late" and default.second.name == accurate.name
+    assert default.first.model_dir == resolve_model_dir("late").resolve()
     r = run("search", "cordless drill", "--index-dir", built_index, "--model", "accurate", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"] == accurate.name

@@ -80,10 +80,10 @@ def test_index_and_search_round_trip_through_the_cli(options, name, catalog_csv,
     assert "model text in rerank_text" in r.output
     assert f"reranker serve --product-states {tmp_path / 'states'}" in r.output
     hit = options.client().search(index=name, body={"size": 1})["hits"]["hits"][0]
-    from reranker.crossencoder import ModelConfig
+    from reranker.models import open_model
     from reranker.pipeline import PACKAGED_MODEL_DIR
 
-    shipped_fields = ModelConfig.read(PACKAGED_MODEL_DIR).fields  # title + brand, color, material
+    shipped_fields = open_model(PACKAGED_MODEL_DIR).config.fields  # title + brand, color, material
     product = {p.id: p for p in read_catalog(catalog_csv).products}[hit["_id"]]
     assert shipped_fields and hit["_source"]["rerank_text"] == product.text(shipped_fields)
     r = cli(

@@ -207,6 +207,9 @@ def evaluate_system(
         model = open_model(model_dir, variant=variant)
         model_fields = model.config.fields if fields is None else tuple(fields)
         activation = model._activate
+        stored = index.tokens_for(model.token_key) if hasattr(model, "attach_store") else None
+        if stored is not None and fields is None:  # a late student reads the index's states
+            model.attach_store(stored, [p.text(model_fields) for p in products(index.ids)])
 
         def text_score(q, texts):
             return model.score(q, texts).raw

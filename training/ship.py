@@ -1,11 +1,13 @@
-"""Install an exported student as the package's default model, with its model card.
+"""Install an exported student as one of the package's shipped models, with its model card.
 
-    python -m reranker.training.ship MODEL_DIR --card MODEL_CARD.md [--output DIR]
+    python -m reranker.training.ship MODEL_DIR --card MODEL_CARD.md [--profile late|accurate]
 
 Copies the int8 ONNX file(s) (a late student: the joint graph with the query encoder, and the
 product encoder), the tokenizer and the config (reduced to the int8 variant) into the package
-(``reranker/models/default`` unless told otherwise), refuses model files over 50 MB in all,
-checks that the installed copy loads, and puts the model card beside it.
+(``reranker/models/late`` unless told otherwise: the late student, the first stage of the
+``default`` cascade; ``accurate`` is its second stage and a profile of its own), refuses
+model files over 50 MB in all, checks that the installed copy loads, and puts the model card
+beside it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from pathlib import Path
 
 from reranker.crossencoder import CONFIG_FILE
 from reranker.errors import ModelError
-from reranker.models import open_model
-from reranker.pipeline import PACKAGED_MODEL_DIR
+from reranker.models import PACKAGED_MODELS, open_model
 
 MAX_MB = 50.0
 
@@ -62,10 +63,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--card", type=Path, required=True, help="the model card (Markdown)")
-    ap.add_argument("--output", type=Path, default=PACKAGED_MODEL_DIR)
+    ap.add_argument(
+        "--profile",
+        choices=("late", "accurate"),
+        default="late",
+        help="the shipped folder to replace (the default profile is a cascade of the two)",
+    )
+    ap.add_argument("--output", type=Path, help="any other folder instead of a profile's")
     ap.add_argument("--name", help="the model's name in answers (default: its directory's)")
     args = ap.parse_args()
-    out = ship(args.model_dir, args.output, args.card.read_text(), name=args.name)
+    output = args.output or PACKAGED_MODELS / args.profile
+    out = ship(args.model_dir, output, args.card.read_text(), name=args.name)
     print(f"installed {args.model_dir} as {out}")
 
 

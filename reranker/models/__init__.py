@@ -5,22 +5,26 @@ which imports the other's loader.
 The package ships students as *profiles*, selectable by name wherever a model directory is
 accepted (``--model accurate``, ``open_model("accurate")``, ``RERANKER_MODEL=accurate``):
 
-- ``default`` (also ``fast``): the late-interaction student that reranks 100 candidates in a
-  few milliseconds; what every command uses without ``--model``.
-- ``accurate``: a full cross-encoder, slower per query, better ranked (``MODEL_CARD.md`` in its
-  folder).
+- ``default`` (also ``fast``): a cascade (:mod:`reranker.cascade`) of the two below: the late
+  student on every candidate, the cross-encoder on its best 20; what every command uses without
+  ``--model``, within the 30 ms budget for 100 candidates.
+- ``late``: the late-interaction student alone, 100 candidates in a few milliseconds (product
+  states stored with the index).
+- ``accurate``: the full cross-encoder on every candidate, slower per query.
+
+Each folder has its ``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reranker.crossencoder import CrossEncoder, ModelConfig
+from reranker.crossencoder import CONFIG_FILE, CrossEncoder, ModelConfig
 from reranker.errors import ModelError, ModelNotInstalledError
 
 PACKAGED_MODELS = Path(__file__).resolve().parent
 #: Profile name → folder under :data:`PACKAGED_MODELS`.
-PROFILES = {"default": "default", "fast": "default", "accurate": "accurate"}
+PROFILES = {"default": "default", "fast": "default", "late": "late", "accurate": "accurate"}
 
 
 def packaged_model_dir(name: str) -> Path:
@@ -49,11 +53,37 @@ def resolve_model_dir(model: str | Path) -> Path:
 
 def open_model(model: str | Path, **kwargs) -> CrossEncoder:
     """The runtime model of a model directory or a shipped profile's name: a
-    :class:`CrossEncoder`, or a :class:`reranker.late.LateCrossEncoder` for a late-interaction
-    student."""
+    :class:`CrossEncoder`, a :class:`reranker.late.LateCrossEncoder` for a late-interaction
+    student, or a :class:`reranker.cascade.CascadeReranker` for a two-stage directory."""
     model_dir = resolve_model_dir(model)
+    if model_dir.is_dir() and _is_cascade_dir(model_dir):
+        from reranker.cascade import CascadeReranker
+
+        return CascadeReranker(model_dir, **kwargs)  # type: ignore[return-value]
     if model_dir.is_dir() and ModelConfig.read(model_dir).architecture == "late":
         from reranker.late import LateCrossEncoder
 
         return LateCrossEncoder(model_dir, **kwargs)
     return CrossEncoder(model_dir, **kwargs)
+
+
+def _is_cascade_dir(model_dir: Path) -> bool:
+    import json
+
+    from reranker.cascade import is_cascade
+
+    try:
+        return is_cascade(json.loads((model_dir / CONFIG_FILE).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # ModelConfig.read says what is wrong
+
+
+def model_fields(model: str | Path) -> tuple[str, ...]:
+    """The product attributes a model reads after the title (a cascade: its stages' common
+    ones), from its config alone: nothing is loaded."""
+    model_dir = resolve_model_dir(model)
+    if _is_cascade_dir(model_dir):
+        from reranker.cascade import CascadeConfig
+
+        return model_fields(model_dir / CascadeConfig.read(model_dir).first)
+    return ModelConfig.read(model_dir).fields

@@ -110,6 +110,13 @@ def create_app(
     tokens = None  # product token ids (or late states) stored with the index for this model
     if model is not None and hasattr(retriever, "tokens_for") and hasattr(model, "token_key"):
         tokens = retriever.tokens_for(model.token_key)
+    if tokens is not None and not hasattr(model, "score_ids") and hasattr(model, "attach_store"):
+        # a model scored by text (a cascade: its second stage reads text) still reads its first
+        # stage's states from the index, found by product text
+        rows = range(len(retriever))
+        model.attach_store(
+            tokens, [p.text(model.config.fields) for p in retriever.products_at(rows)]
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):

@@ -423,7 +423,9 @@ class Scoring:
         k = self.fitting(count, deadline_ms, t0)
         raw, reason = None, None
         if count:
-            stored = ids(k) if ids is not None else None
+            # stored forms only for a model that scores them (a cascade's second stage reads text)
+            by_ids = ids is not None and hasattr(self.model, "score_ids")
+            stored = ids(k) if by_ids else None
             head = [] if stored is not None else (texts(k) if texts is not None else [])
             raw, reason = await self.scores([query] * len(head), head, deadline_ms, t0, stored)
         order = list(range(count))

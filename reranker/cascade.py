@@ -1,0 +1,265 @@
+"""A two-stage reranker: a cheap model scores every candidate, a better one rescores the best few.
+
+A cascade directory holds only ``reranker.json``::
+
+    {"format": "kd-reranker-cascade", "format_version": 1,
+     "first": "../late", "second": "../accurate", "second_k": 20, "metadata": {"name": ...}}
+
+``first`` and ``second`` are model directories (paths relative to the cascade's own directory,
+so a cascade can point at its siblings, as the shipped ``default`` profile does). Both must read
+the same product text (the same ``fields``). For each query the first stage scores all the
+candidates (a late student: from the states stored with the index, a few milliseconds for 100);
+the ``second_k`` it ranks highest are rescored by the second stage (a full cross-encoder) and
+ordered by it, above the others, which keep the first stage's order. Each result's probability is
+that of the stage that placed it (each stage calibrated on its own).
+
+``reranker cascade FIRST SECOND --second-k 20 --output DIR`` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reranker.catalog import Product
+from reranker.crossencoder import CONFIG_FILE, CrossEncoder, Scores
+from reranker.errors import ModelError
+
+FORMAT = "kd-reranker-cascade"
+#: The stages take turns on the same cores: an idle stage's threads must not spin (with spinning
+#: on, the second stage ran at half speed right after the first).
+NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    first: str
+    second: str
+    second_k: int = 20
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, model_dir: Path) -> CascadeConfig:
+        path = Path(model_dir) / CONFIG_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read {path}: {exc}") from None
+        if not is_cascade(raw):
+            raise ModelError(f"{path} is not a cascade config (format {FORMAT!r})")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"{path} has cascade format version {raw.get('format_version')}")
+        try:
+            cfg = cls(**raw)
+        except TypeError as exc:
+            raise ModelError(f"{path} has unexpected settings: {exc}") from None
+        if not isinstance(cfg.second_k, int) or cfg.second_k < 1:
+            raise ModelError(f"{path}: second_k must be a positive integer, not {cfg.second_k!r}")
+        return cfg
+
+
+def is_cascade(raw: object) -> bool:
+    return isinstance(raw, dict) and raw.get("format") == FORMAT
+
+
+def write_cascade(
+    output: str | Path, first: str | Path, second: str | Path, second_k: int, name: str | None
+) -> Path:
+    """A cascade directory at ``output`` over two model directories (stored relative to it)."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def rel(p: str | Path) -> str:
+        return os.path.relpath(Path(p).resolve(), out.resolve())
+
+    cfg = CascadeConfig(
+        first=rel(first), second=rel(second), second_k=second_k, metadata={"name": name or out.name}
+    )
+    path = out / CONFIG_FILE
+    path.write_text(json.dumps(asdict(cfg), indent=2, sort_keys=True))
+    try:
+        CascadeReranker(out)  # it loads: both stages exist and read the same text
+    except Exception:
+        path.unlink()
+        raise
+    return out
+
+
+class CascadeReranker:
+    """The first stage on every candidate, the second on the first's best ``second_k``.
+
+    It answers like a :class:`reranker.CrossEncoder` (``score``, ``score_pairs``,
+    ``score_products``, ``calibrate_latency``); what an index stores for it is its first stage's
+    (``token_key``, ``build_store``, ``attach_store``), and ``config`` is the first stage's.
+    """
+
+    def __init__(self, model_dir: str | Path, *, variant: str | None = None, **kwargs) -> None:
+        from reranker.models import open_model
+
+        self.model_dir = Path(model_dir)
+        self.cascade = CascadeConfig.read(self.model_dir)
+        self.second_k = self.cascade.second_k
+        stages = []
+        for which in ("first", "second"):
+            path = (self.model_dir / getattr(self.cascade, which)).resolve()
+            if not path.is_dir():
+                raise ModelError(f"{self.model_dir}: its {which} stage {path} is not a directory")
+            if (path / CONFIG_FILE).is_file() and is_cascade(_json(path / CONFIG_FILE)):
+                raise ModelError(f"{self.model_dir}: its {which} stage is itself a cascade")
+            stage = open_model(
+                path, variant=_variant(path, variant), session_config=NO_SPINNING, **kwargs
+            )
+            stages.append(stage)
+        self.first, self.second = stages
+        if tuple(self.first.config.fields) != tuple(self.second.config.fields):
+            raise ModelError(
+                f"{self.model_dir}: the stages read different product fields "
+                f"({self.first.config.fields} and {self.second.config.fields})"
+            )
+        self.config = self.first.config
+        self.token_key = self.first.token_key
+        self.variant = self.first.variant
+        self.latency = CascadeLatency(self)
+        self.last_timings: dict[str, float] = {}
+
+    @property
+    def name(self) -> str:
+        return str(self.cascade.metadata.get("name") or self.model_dir.name)
+
+    # what an index stores for it, and what the service asks of it: the first stage's
+    def query_ids(self, query: str) -> np.ndarray:
+        return self.first.query_ids(query)
+
+    def build_store(self, texts: Sequence[str], progress: bool = False):
+        return self.first.build_store(texts, progress=progress)
+
+    def attach_store(self, store, texts: Sequence[str]) -> int:
+        if not hasattr(self.first, "attach_store"):
+            return 0
+        return self.first.attach_store(store, texts)
+
+    def __getattr__(self, name: str):  # stored_hits, encoded_texts: the first stage's counters
+        if name in ("stored_hits", "encoded_texts") and "first" in self.__dict__:
+            return getattr(self.first, name)
+        raise AttributeError(name)
+
+    # scoring
+    def score(self, query: str, texts: Sequence[str]) -> Scores:
+        t0 = time.perf_counter()
+        first = self.first.score(query, texts)
+        return self._second(query, list(texts), first, t0)
+
+    def score_products(
+        self, query: str, products: Sequence[Product], token_ids: Sequence[np.ndarray] | None = None
+    ) -> Scores:
+        """``token_ids``: the first stage's stored forms of the products (an index's, same
+        ``token_key``); the second stage reads the products' text."""
+        t0 = time.perf_counter()
+        first = self.first.score_products(query, products, token_ids)
+        texts = [p.text(self.config.fields) for p in products]
+        return self._second(query, texts, first, t0)
+
+    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> Scores:
+        """Pairs of several queries (the service's batches): the cascade runs per query."""
+        if len(queries) != len(texts):
+            raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
+        raw = np.zeros(len(texts), dtype=np.float32)
+        probability = np.zeros(len(texts), dtype=np.float32)
+        groups: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            groups.setdefault(q, []).append(i)
+        for q, rows in groups.items():
+            s = self.score(q, [texts[i] for i in rows])
+            raw[rows], probability[rows] = s.raw, s.probability
+        return Scores(raw, probability)
+
+    def _second(self, query: str, texts: list[str], first: Scores, t0: float) -> Scores:
+        n = len(texts)
+        t1 = time.perf_counter()
+        if n == 0:
+            return first
+        order = np.argsort(-first.raw, kind="stable")
+        head, rest = order[: self.second_k], order[self.second_k :]
+        second = self.second.score(query, [texts[i] for i in head])
+        raw = np.empty(n, dtype=np.float32)
+        probability = np.empty(n, dtype=np.float32)
+        raw[head], probability[head] = second.raw, second.probability
+        if len(rest):  # below every rescored one, in the first stage's order
+            tail = first.raw[rest].astype(np.float64)
+            raw[rest] = float(second.raw.min()) - 1.0 - (tail.max() - tail)
+            probability[rest] = first.probability[rest]
+        t2 = time.perf_counter()
+        self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": (t2 - t1) * 1e3}
+        return Scores(raw, probability)
+
+    def _activate(self, raw: np.ndarray) -> np.ndarray:
+        """The second stage's probability of a raw score (right for the rescored head; the rest
+        get the first stage's in :meth:`score`)."""
+        return self.second._activate(raw)
+
+    def calibrate_latency(self) -> CascadeLatency:
+        """Each stage's cost model (timed on its own typical input, once), combined."""
+        self.first.calibrate_latency()
+        self.second.calibrate_latency()
+        return self.latency
+
+
+class CascadeLatency:
+    """The cost of a cascade call of ``n`` pairs: the first stage on ``n``, the second on
+    ``min(n, second_k)``, each from its stage's own :class:`LatencyModel` (which its calls keep
+    current). Answers like a :class:`LatencyModel` (``predict_ms``, ``k_for``)."""
+
+    def __init__(self, cascade: CascadeReranker) -> None:
+        self.cascade = cascade
+
+    @property
+    def calibrated(self) -> bool:
+        return self.cascade.first.latency.calibrated and self.cascade.second.latency.calibrated
+
+    def observe(self, pairs: int, ms: float) -> None:
+        """Nothing to do: each stage observes its own calls."""
+
+    def predict_ms(self, pairs: int) -> float:
+        c = self.cascade
+        if pairs <= 0:
+            return 0.0
+        return c.first.latency.predict_ms(pairs) + c.second.latency.predict_ms(
+            min(pairs, c.second_k)
+        )
+
+    def k_for(self, budget_ms: float, k_max: int) -> int:
+        """The most pairs (≤ ``k_max``) predicted to score within ``budget_ms``."""
+        lo, hi = 0, max(k_max, 0)
+        while lo < hi:  # the cost grows with n: the largest n that fits
+            mid = (lo + hi + 1) // 2
+            if self.predict_ms(mid) <= budget_ms:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+
+def _json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _variant(path: Path, variant: str | None) -> str | None:
+    """``variant`` where the stage has it (e.g. int8), else the stage's own default."""
+    raw = _json(path / CONFIG_FILE)
+    files = raw.get("files", {}) if isinstance(raw, dict) else {}
+    return variant if variant in files else None
+
+
+__all__ = ["CascadeConfig", "CascadeReranker", "CrossEncoder", "is_cascade", "write_cascade"]

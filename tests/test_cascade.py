@@ -1,0 +1,148 @@
+"""The two-stage model: a late student on every candidate, a cross-encoder on its best few."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+from test_late import late_student  # noqa: F401 (the tiny late student, a fixture)
+
+from reranker import BM25Index, SearchPipeline
+from reranker.catalog import read_catalog
+from reranker.cli import main
+from reranker.errors import ModelError
+from reranker.index.build import index_catalog
+from reranker.models import open_model
+from reranker.serve import ServiceSettings, create_app
+
+
+@pytest.fixture(scope="module")
+def cross_brand(tmp_path_factory, tiny_hf_model):
+    """A tiny cross-encoder reading the same product text as the late student (title + brand)."""
+    from reranker.training.export import export_model
+
+    out = tmp_path_factory.mktemp("cross") / "cross"
+    return export_model(tiny_hf_model, out, max_length=32, fields=("brand",))
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(tmp_path_factory, late_student, cross_brand):  # noqa: F811
+    out = tmp_path_factory.mktemp("cascade") / "two-stage"
+    result = CliRunner().invoke(
+        main,
+        [
+            "cascade",
+            str(late_student[1]),
+            str(cross_brand),
+            "--second-k",
+            "3",
+            "--output",
+            str(out),
+        ],
+        env={"RERANKER_MODEL": ""},
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def texts(catalog_csv):
+    return [p.text(("brand",)) for p in read_catalog(catalog_csv).products[:9]]
+
+
+def test_head_is_ordered_by_the_second_stage_and_the_rest_keep_the_first_order(cascade_dir, texts):
+    cascade = open_model(cascade_dir, variant="fp32")
+    assert type(cascade).__name__ == "CascadeReranker" and cascade.name == "two-stage"
+    cfg = json.loads((cascade_dir / "reranker.json").read_text())
+    assert not os.path.isabs(cfg["first"])  # relative: the pair of folders can move together
+    first = cascade.first.score("cordless drill", texts)
+    second = cascade.second.score("cordless drill", texts)
+    got = cascade.score("cordless drill", texts)
+    by_first = list(np.argsort(-first.raw, kind="stable"))
+    head, rest = by_first[:3], by_first[3:]
+    final = list(np.argsort(-got.raw, kind="stable"))
+    assert final[:3] == sorted(head, key=lambda i: -second.raw[i])
+    assert final[3:] == rest
+    assert got.raw[head] == pytest.approx(second.raw[head], abs=1e-5)
+    assert got.probability[head] == pytest.approx(second.probability[head], abs=1e-5)
+    assert got.probability[rest] == pytest.approx(first.probability[rest], abs=1e-6)
+    assert got.raw[rest].max() < got.raw[head].min()
+    from reranker.models import model_fields
+
+    assert model_fields(cascade_dir) == ("brand",)  # what OpenSearch's rerank_text holds
+    few = cascade.score("cordless drill", texts[:2])  # fewer than second_k: all rescored
+    assert few.raw == pytest.approx(cascade.second.score("cordless drill", texts[:2]).raw)
+
+
+def test_pairs_of_several_queries_score_as_each_query_alone(cascade_dir, texts):
+    cascade = open_model(cascade_dir, variant="fp32")
+    queries = ["garden hose", "cordless drill"] * (len(texts) // 2) + ["garden hose"]
+    got = cascade.score_pairs(queries, texts)
+    for q in set(queries):
+        rows = [i for i, x in enumerate(queries) if x == q]
+        alone = cascade.score(q, [texts[i] for i in rows])
+        assert got.raw[rows] == pytest.approx(alone.raw, abs=1e-6)
+
+
+def test_index_search_and_service_use_the_first_stage_states(cascade_dir, catalog_csv, tmp_path):
+    cascade = open_model(cascade_dir, variant="fp32")
+    index_catalog(catalog_csv, tmp_path / "idx", model=cascade)
+    index = BM25Index.load(tmp_path / "idx")
+    assert index.tokens_for(cascade.first.token_key) is not None  # the late student's states
+    response = SearchPipeline(index, cascade, k=20, n=20).search("cordless drill")
+    assert response.reranked and response.model == "two-stage"
+    cands = index.retrieve("cordless drill", 20)
+    fresh = open_model(cascade_dir, variant="fp32")
+    raw = fresh.score("cordless drill", [c.product.text(("brand",)) for c in cands]).raw
+    by_id = {c.product.id: float(s) for c, s in zip(cands, raw, strict=True)}
+    for r in response.results:
+        assert r.rerank_score == pytest.approx(by_id[r.product_id], abs=1e-5)
+
+    served = open_model(cascade_dir, variant="fp32")
+    app = create_app(served, index, ServiceSettings(k=20, n=20))
+    with TestClient(app) as c:
+        body = c.post("/search", json={"query": "cordless drill"}).json()
+        assert [r["product_id"] for r in body["results"]] == [
+            r.product_id for r in response.results
+        ]
+    assert served.first.stored_hits > 0 and served.encoded_texts == 0  # states, not encoding
+
+    env = dict(os.environ, RERANKER_MODEL=str(cascade_dir))
+    result = CliRunner().invoke(
+        main, ["search", "garden hose", "--index-dir", str(tmp_path / "idx")], env=env
+    )
+    assert result.exit_code == 0 and "reranked by two-stage" in result.output, result.output
+
+
+def test_latency_of_a_cascade_counts_both_stages(cascade_dir):
+    cascade = open_model(cascade_dir, variant="fp32")
+    latency = cascade.calibrate_latency()
+    assert latency.calibrated
+    first, second = cascade.first.latency, cascade.second.latency
+    assert latency.predict_ms(50) == pytest.approx(first.predict_ms(50) + second.predict_ms(3))
+    k = latency.k_for(latency.predict_ms(40), 100)
+    assert 40 <= k <= 100 and latency.predict_ms(k) <= latency.predict_ms(40) + 1e-9
+    assert latency.k_for(0.0, 100) == 0
+
+
+def test_bad_cascades_are_refused(late_student, tiny_model, cross_brand, cascade_dir, tmp_path):  # noqa: F811
+    from reranker.cascade import write_cascade
+
+    with pytest.raises(ModelError, match="different product fields"):
+        write_cascade(tmp_path / "a", late_student[1], tiny_model, 5, None)  # brand+color
+    with pytest.raises(ModelError, match="itself a cascade"):
+        write_cascade(tmp_path / "b", cascade_dir, cross_brand, 5, None)
+    bad = tmp_path / "c"
+    bad.mkdir()
+    cfg = json.loads((cascade_dir / "reranker.json").read_text())
+    (bad / "reranker.json").write_text(json.dumps({**cfg, "second_k": 0}))
+    with pytest.raises(ModelError, match="second_k"):
+        open_model(bad)
+    from reranker.training.calibrate import calibrate
+
+    with pytest.raises(ModelError, match="calibrate its stages"):
+        calibrate(cascade_dir, "unused.parquet", "unused.csv")
