@@ -76,6 +76,7 @@ def write_cascade(
 ) -> Path:
     """A cascade directory at ``output`` over two model directories (stored relative to it)."""
     out = Path(output)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
 
     def rel(p: str | Path) -> str:
@@ -90,6 +91,8 @@ def write_cascade(
         CascadeReranker(out)  # it loads: both stages exist and read the same text
     except Exception:
         path.unlink()
+        if created:
+            out.rmdir()  # nothing is left of a refused cascade
         raise
     return out
 

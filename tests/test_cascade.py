@@ -136,6 +136,7 @@ def test_bad_cascades_are_refused(late_student, tiny_model, cross_brand, cascade
         write_cascade(tmp_path / "a", late_student[1], tiny_model, 5, None)  # brand+color
     with pytest.raises(ModelError, match="itself a cascade"):
         write_cascade(tmp_path / "b", cascade_dir, cross_brand, 5, None)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing left
     bad = tmp_path / "c"
     bad.mkdir()
     cfg = json.loads((cascade_dir / "reranker.json").read_text())
