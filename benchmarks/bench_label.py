@@ -7,9 +7,11 @@
 Scores a seeded sample of whole queries of a pair file (the teacher's product fields, max length
 64, batches of 64) in three ways: fp32 with batches in file order (each padded to its longest
 pair), fp32 with length-sorted batches (what `reranker label` does), and bf16 autocast with
-length-sorted batches (`--precision bf16`; native on CPUs with AVX512-BF16 or AMX). Reports
-pairs/s and, against the fp32 scores, the mean per-query Spearman correlation and the share of
-pairs of a query ordered alike.
+length-sorted batches (`--precision bf16`; native on CPUs with AVX512-BF16 or AMX); with
+`--mixed` also bf16 in some linear layers only (the feed-forward ones; all but the attention's
+query and key projections; every one but the head, `--precision bf16-linear`), the rest fp32.
+Reports pairs/s and, against the fp32 scores, the mean per-query Spearman correlation and the
+share of pairs of a query ordered alike.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from reranker.training.data import catalog_texts
 from reranker.training.label import TorchScorer, _teacher_fields
-from reranker.training.precision import cpu_has_bf16
+from reranker.training.precision import bf16_linear, cpu_has_bf16
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,6 +48,19 @@ def pair_agreement(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return same, total
 
 
+def is_ffn(name: str) -> bool:
+    """A transformer layer's feed-forward products (BERT/MPNet naming)."""
+    return name.endswith("intermediate.dense") or (
+        name.endswith(".output.dense") and ".attention." not in name
+    )
+
+
+def is_not_query_key(name: str) -> bool:
+    """Every encoder product except the attention's query and key projections (whose rounding
+    moves the attention weights) and the classifier."""
+    return ".encoder." in name and not name.endswith((".q", ".k", ".query", ".key"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", required=True)
@@ -54,6 +69,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="about this many pairs (whole queries)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument(
+        "--mixed",
+        action="store_true",
+        help="also bf16 for some linear layers only (the feed-forward ones; all but the "
+        "attention's query and key projections; every one), the rest (the attention's score and "
+        "mixing products among them) fp32",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -88,14 +110,24 @@ def main() -> None:
         .strip("\t: "),
     }
     scores = {}
-    for name, precision, sort in (
-        ("fp32_file_order", "fp32", False),
-        ("fp32_length_sorted", "fp32", True),
-        ("bf16_length_sorted", "bf16", True),
-    ):
+    runs = [
+        ("fp32_file_order", "fp32", False, None),
+        ("fp32_length_sorted", "fp32", True, None),
+        ("bf16_length_sorted", "bf16", True, None),
+    ]
+    if args.mixed:
+        runs += [
+            ("bf16_ffn_only", "fp32", True, is_ffn),
+            ("bf16_except_query_key", "fp32", True, is_not_query_key),
+            ("bf16_every_linear", "bf16-linear", True, None),  # `--precision bf16-linear`
+        ]
+    for name, precision, sort, which in runs:
         scorer = TorchScorer(args.teacher, 64, 64, precision=precision)
         if not sort:  # batches in file order: no length sorting
             scorer.sort_by_length = False
+        if which is not None:
+            n = bf16_linear(scorer.model, which)
+            results.setdefault("mixed_layers", {})[name] = n
         scorer(qs[:64], ts[:64])  # warm-up
         start = time.perf_counter()
         scores[name] = scorer(qs, ts)

@@ -220,3 +220,30 @@ def test_lora_teacher_resumes_from_its_adapter_checkpoint(
     assert saved_at == [3]  # steps 1 and 2 were not run again
     assert json.loads((out / "teacher_args.json").read_text())["steps"] == 4
     assert not (out / "adapter_config.json").exists()  # merged: a plain model
+
+
+def test_bf16_linear_labelling_wraps_every_linear_but_the_head(tiny_hf_model):
+    """`--precision bf16-linear`: bf16 in the linear layers, float32 around them and in the
+    head; the scores stay close to fp32 (on a CPU without native bf16 it is emulated: slow, a
+    warning, the same numbers)."""
+    import warnings
+
+    import torch
+
+    from reranker.errors import RerankerError
+    from reranker.training.label import TorchScorer
+    from reranker.training.precision import resolve_precision
+
+    queries, texts = ["cordless drill"] * 3, ["Cordless Drill", "Garden Hose", "LED Bulb 60W"]
+    fp32 = TorchScorer(str(tiny_hf_model), precision="fp32")(queries, texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scorer = TorchScorer(str(tiny_hf_model), precision="bf16-linear")
+    linears = {n: m for n, m in scorer.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    wrapped = {n for n, m in linears.items() if "forward" in m.__dict__}
+    assert wrapped and all(not n.startswith("classifier") for n in wrapped)
+    assert wrapped == {n for n in linears if not n.startswith("classifier")}
+    got = scorer(queries, texts)
+    assert got.dtype == np.float32 and np.allclose(got, fp32, atol=0.05)
+    with pytest.raises(RerankerError, match="precision must be one of"):
+        resolve_precision("bf16-linear")  # training takes fp32 or bf16 autocast only

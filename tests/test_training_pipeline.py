@@ -360,7 +360,7 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
                 "--output",
                 tmp_path / f"{name}_{split}.parquet",
                 "--precision",
-                "fp32",
+                "fp32" if name == "a" else "bf16-linear",  # b: bf16 in its linear layers only
             )
     ens = tmp_path / "ensemble.json"
     out = cli(

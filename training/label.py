@@ -46,12 +46,16 @@ class TorchScorer:
 
         self.torch = torch
         self._encode = encode_pairs
-        self.precision = resolve_precision(precision)
+        self.precision = resolve_precision(precision, inference=True)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        if self.precision == "bf16-linear":
+            from reranker.training.precision import bf16_linear
+
+            bf16_linear(self.model)
         self.max_length = max_length
         self.batch_size = batch_size
         self.sort_by_length = True  # batches of similar length (little padding)
@@ -124,7 +128,7 @@ def label_pairs(
         raise RerankerError(f"{teacher} is not a Hugging Face model directory (no config.json)")
     if fields is None:
         fields = _teacher_fields(teacher, backend)
-    precision = resolve_precision(precision) if backend == "torch" else "fp32"
+    precision = resolve_precision(precision, inference=True) if backend == "torch" else "fp32"
 
     shard_dir = output.with_name(output.name + ".shards")
     manifest = {
