@@ -130,8 +130,12 @@ if [ "$PHASE" = cascade ]; then
   step "$name"
   [ -f "$ST/$name/reranker.json" ] || reranker cascade "$ST/$FIRST-onnx" "$ST/$SECOND-onnx" \
     --second-k "$SECOND_K" --output "$ST/$name"
+  # an index holding the first stage's states, so that end to end reads them (as served)
+  [ -f "$ART/index-$FIRST/CURRENT" ] || reranker index "$DATA/products.parquet" \
+    --index-dir "$ART/index-$FIRST" --model "$ST/$FIRST-onnx" -q
   [ -f "$OUTDIR/eval_$name-int8.json" ] || into "$OUTDIR/eval_$name-int8.json" reranker eval \
-    --judged "$DATA/dev.parquet" --index-dir "$ART/index" --model "$ST/$name" --variant int8 --json --e2e
+    --judged "$DATA/dev.parquet" --index-dir "$ART/index-$FIRST" --model "$ST/$name" --variant int8 \
+    --json --e2e
 fi
 step "done"
 exit

@@ -109,6 +109,9 @@ def test_index_search_and_service_use_the_first_stage_states(cascade_dir, catalo
         assert [r["product_id"] for r in body["results"]] == [
             r.product_id for r in response.results
         ]
+        # each product's probability is that of the stage that placed it, as in the pipeline
+        got = [r["rerank_probability"] for r in body["results"]]
+        assert got == pytest.approx([r.rerank_probability for r in response.results], abs=1e-5)
     assert served.first.stored_hits > 0 and served.encoded_texts == 0  # states, not encoding
 
     env = dict(os.environ, RERANKER_MODEL=str(cascade_dir))

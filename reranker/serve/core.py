@@ -156,8 +156,9 @@ class Batcher:
         timeout_s: float,
         ids: tuple[np.ndarray, list[np.ndarray]] | None = None,
     ) -> np.ndarray:
-        """Raw scores, or DeadlineExceeded after ``timeout_s``; model errors propagate. ``ids``:
-        the query's and the products' token ids (stored with the index) instead of texts."""
+        """Scores as a (2, pairs) array, raw scores then the model's probabilities, or
+        DeadlineExceeded after ``timeout_s``; model errors propagate. ``ids``: the query's and
+        the products' token ids (stored with the index) instead of texts."""
         loop = asyncio.get_running_loop()
         job = _Job(queries, texts, loop.create_future(), loop, ids=ids)
         self._add_pending(job.pairs)
@@ -208,14 +209,17 @@ class Batcher:
                 self._add_pending(-sum(j.pairs for j in batch))
             start = 0
             for j in batch:
-                part = raw[start : start + j.pairs]
+                part = raw[:, start : start + j.pairs]
                 start += j.pairs
                 j.loop.call_soon_threadsafe(_set_result, j.future, part)
 
     def _score(self, batch: list[_Job]) -> np.ndarray:
+        """Raw scores and probabilities, stacked: the model's own probabilities (a cascade's
+        depend on which stage placed a product, not on the raw score alone)."""
         if not hasattr(self.model, "score_ids"):  # any object with score_pairs will do
             queries = [q for j in batch for q in j.queries]
-            return self.model.score_pairs(queries, [t for j in batch for t in j.texts]).raw
+            s = self.model.score_pairs(queries, [t for j in batch for t in j.texts])
+            return np.stack([s.raw, s.probability])
         qids: list[np.ndarray] = []
         pids: list[np.ndarray] = []
         for j in batch:
@@ -226,7 +230,8 @@ class Batcher:
                 cache = {q: self.model.query_ids(q) for q in dict.fromkeys(j.queries)}
                 qids += [cache[q] for q in j.queries]
                 pids += self.model.product_inputs(j.texts)
-        return self.model.score_ids(qids, pids).raw
+        s = self.model.score_ids(qids, pids)
+        return np.stack([s.raw, s.probability])
 
 
 def _set_result(fut: asyncio.Future, value) -> None:
@@ -403,9 +408,6 @@ class Scoring:
             metrics.fallbacks.labels("model_error").inc()
             return None, f"the model failed: {type(exc).__name__}: {str(exc)[:200]}"
 
-    def activate(self, raw: np.ndarray) -> np.ndarray:
-        return self.model._activate(raw) if hasattr(self.model, "_activate") else raw
-
     async def rank(
         self,
         query: str,
@@ -421,18 +423,18 @@ class Scoring:
         (``ids(k)``: stored token ids of the first k, or None; else ``texts(k)``), ordered by
         score (ties by ``tie_key``), and the rest follow in the order given."""
         k = self.fitting(count, deadline_ms, t0)
-        raw, reason = None, None
+        raw, scored, reason = None, None, None
         if count:
             # stored forms only for a model that scores them (a cascade's second stage reads text)
             by_ids = ids is not None and hasattr(self.model, "score_ids")
             stored = ids(k) if by_ids else None
             head = [] if stored is not None else (texts(k) if texts is not None else [])
-            raw, reason = await self.scores([query] * len(head), head, deadline_ms, t0, stored)
+            scored, reason = await self.scores([query] * len(head), head, deadline_ms, t0, stored)
         order = list(range(count))
         probability = None
-        if raw is not None:
+        if scored is not None:
+            raw, probability = scored
             order[:k] = sorted(range(k), key=lambda i: (-raw[i], tie_key(i)))
-            probability = self.activate(raw)
         return Ranking(
             order,
             raw,
