@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from reranker.catalog import Product
-from reranker.crossencoder import CONFIG_FILE, CrossEncoder, Scores
+from reranker.crossencoder import CONFIG_FILE, Scores
 from reranker.errors import ModelError
 
 FORMAT = "kd-reranker-cascade"
@@ -228,9 +228,6 @@ class CascadeLatency:
     def calibrated(self) -> bool:
         return self.cascade.first.latency.calibrated and self.cascade.second.latency.calibrated
 
-    def observe(self, pairs: int, ms: float) -> None:
-        """Nothing to do: each stage observes its own calls."""
-
     def predict_ms(self, pairs: int) -> float:
         c = self.cascade
         if pairs <= 0:
@@ -265,4 +262,4 @@ def _variant(path: Path, variant: str | None) -> str | None:
     return variant if variant in files else None
 
 
-__all__ = ["CascadeConfig", "CascadeReranker", "CrossEncoder", "is_cascade", "write_cascade"]
+__all__ = ["CascadeConfig", "CascadeReranker", "is_cascade", "write_cascade"]
