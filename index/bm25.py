@@ -1,4 +1,5 @@
-"""Embedded BM25 first stage built with rank-bm25's BM25Okapi.
+"""Embedded first stage: BM25 built with rank-bm25's BM25Okapi, optionally fused with dense
+vectors (:mod:`reranker.index.dense`: hybrid retrieval, the default of `reranker index`).
 
 At build time rank-bm25 computes the statistics (idf, document lengths, average length); each
 (term, product) weight is then precomputed with exactly BM25Okapi's arithmetic and stored as a
@@ -23,9 +24,11 @@ from rank_bm25 import BM25Okapi
 from tqdm.auto import tqdm
 
 from reranker.catalog import Catalog, Product
+from reranker.embedder import TextEmbedder
 from reranker.errors import IndexCorruptError
 from reranker.index import store
 from reranker.index.base import Candidate
+from reranker.index.dense import DEFAULT_MIN_SIMILARITY, DEFAULT_WEIGHT, DenseVectors
 from reranker.text import BM25Tokenizer, searchable_text
 from reranker.tokens import ProductTokens
 
@@ -91,6 +94,8 @@ class BM25Index:
         self.manifest = manifest or {}
         #: Product token ids for one model (``reranker index --model``), or None.
         self.product_tokens: ProductTokens | None = None
+        #: Every product's embedding, fused with BM25 by :meth:`retrieve`; None: BM25 only.
+        self.dense: DenseVectors | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -191,6 +196,7 @@ class BM25Index:
                 (gen.path / "skipped.json").write_text(skipped)
             pq.write_table(self.products, gen.path / "products.parquet")
             tokens_key = self.product_tokens.save(gen.path) if self.product_tokens else None
+            dense = self.dense.save(gen.path) if self.dense is not None else None
             vocab = sorted(self.term_index, key=self.term_index.__getitem__)
             (gen.path / "vocab.json").write_text(json.dumps(vocab))
             for name, arr in {
@@ -211,6 +217,7 @@ class BM25Index:
                     "bm25": self.params,
                     **self.manifest,
                     "product_tokens": tokens_key,
+                    "dense": dense,
                 }
             )
         return Path(directory)
@@ -249,7 +256,24 @@ class BM25Index:
             index.product_tokens = _load_product_store(directory, gen, manifest["product_tokens"])
             if index.product_tokens is not None and len(index.product_tokens) != len(index):
                 raise IndexCorruptError(f"index at {directory} is corrupt: token ids do not agree")
+        if manifest.get("dense"):
+            index.dense = DenseVectors.load(directory, gen, manifest["dense"], len(index))
         return index
+
+    def add_dense(
+        self,
+        embedder: TextEmbedder,
+        *,
+        weight: float = DEFAULT_WEIGHT,
+        min_similarity: float = DEFAULT_MIN_SIMILARITY,
+        progress: bool = False,
+    ) -> None:
+        """Embed every product (its model text: title and labelled attributes) with
+        ``embedder``, so that :meth:`retrieve` fuses BM25 with the query's cosine similarity."""
+        texts = [p.text() for p in self.products_at(np.arange(len(self)))]
+        self.dense = DenseVectors.build(
+            embedder, texts, weight=weight, min_similarity=min_similarity, progress=progress
+        )
 
     def add_product_tokens(self, model, progress: bool = False) -> None:
         """Store what ``model`` (a :class:`CrossEncoder`) keeps for every product so that
@@ -293,11 +317,20 @@ class BM25Index:
         return scores, np.flatnonzero(touched)
 
     def retrieve(self, query: str, k: int = 100) -> list[Candidate]:
-        """Top-``k`` products containing at least one query token, ties by product id."""
+        """Top-``k`` products, ties by product id: by BM25 among those containing at least one
+        query token or, with dense vectors, by the hybrid score among those and the products
+        close enough in meaning (:mod:`reranker.index.dense`; a query whose words are all
+        unknown to BM25, e.g. misspelt, is then found by meaning alone). A query without any
+        token finds nothing."""
         tokens = [t for t in self.query_tokens(query) if t in self.term_index]
-        if not tokens or k <= 0:
+        if k <= 0 or not (tokens or (self.dense is not None and self.query_tokens(query))):
             return []
-        scores, matched = self._accumulate(tokens)
+        if self.dense is None:
+            scores, matched = self._accumulate(tokens)
+        else:
+            lexical = self._accumulate(tokens)[0] if tokens else np.zeros(len(self))
+            scores = self.dense.fuse(lexical, query)
+            matched = np.flatnonzero(np.isfinite(scores))
         if len(matched) > k:
             s = scores[matched]
             kth = np.partition(s, len(s) - k)[len(s) - k]

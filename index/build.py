@@ -11,6 +11,8 @@ from pathlib import Path
 from reranker.catalog import FieldMapping, SkippedRow, read_catalog
 from reranker.index import store
 from reranker.index.bm25 import BM25Index
+from reranker.index.dense import DEFAULT_MIN_SIMILARITY, DEFAULT_WEIGHT
+from reranker.text import DEFAULT_STEMMER, BM25Tokenizer
 
 
 @dataclass(frozen=True)
@@ -33,12 +35,20 @@ def index_catalog(
     overwrite: bool = False,
     progress: bool = False,
     model=None,
+    embedder=None,
+    dense_weight: float | None = None,
+    min_similarity: float | None = None,
+    stemmer: str | None = DEFAULT_STEMMER,
 ) -> IndexReport:
     """Read, validate and index a catalog into ``index_dir`` (atomically).
 
     Skipped rows (with ``skip_invalid``) are listed in the index's ``skipped.json``. With
     ``model`` (a :class:`~reranker.crossencoder.CrossEncoder`), every product's token ids for that
-    model are stored too, so reranking with it tokenises only the query.
+    model are stored too, so reranking with it tokenises only the query. With ``embedder`` (a
+    :class:`~reranker.embedder.TextEmbedder`), every product's vector is stored and retrieval
+    is hybrid (:mod:`reranker.index.dense`; ``dense_weight``: the cosine's weight,
+    ``min_similarity``: the cosine a product without any query token needs).
+    ``stemmer``: the Snowball stemmer of BM25's tokens (``None``: none).
     """
     start = time.perf_counter()
     if store.exists(index_dir) and not overwrite:  # fail before the slow part
@@ -46,7 +56,14 @@ def index_catalog(
     catalog = read_catalog(
         catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
     )
-    index = BM25Index.build(catalog, progress=progress)
+    index = BM25Index.build(catalog, tokenizer=BM25Tokenizer(stemmer=stemmer), progress=progress)
+    if embedder is not None:
+        index.add_dense(
+            embedder,
+            weight=DEFAULT_WEIGHT if dense_weight is None else dense_weight,
+            min_similarity=DEFAULT_MIN_SIMILARITY if min_similarity is None else min_similarity,
+            progress=progress,
+        )
     if model is not None:
         index.add_product_tokens(model, progress=progress)
     skipped = [{"row": s.row, "reason": s.reason, "id": s.id} for s in catalog.skipped]

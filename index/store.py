@@ -61,14 +61,15 @@ class Generation:
 
     def write_manifest(self, manifest: dict) -> None:
         files = {}
-        for p in sorted(self.path.iterdir()):
-            if p.name != MANIFEST:
-                files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(self.path.rglob("*")):  # one level of folders (e.g. a model's files)
+            if p.is_file() and p.name != MANIFEST:
+                name = p.relative_to(self.path).as_posix()
+                files[name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         manifest = dict(manifest, files=files)
         (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
     def _publish(self) -> None:
-        for p in self.path.iterdir():
+        for p in self.path.rglob("*"):
             _fsync(p)
         _fsync(self.path)
         tmp = self.root / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
@@ -102,6 +103,8 @@ def open_current(directory: str | Path, *, verify: bool = True) -> tuple[Path, d
             f"index at {root} is corrupt: cannot read {MANIFEST} ({exc})"
         ) from None
     for name, meta in manifest.get("files", {}).items():
+        if name.startswith("/") or ".." in name.split("/"):
+            raise IndexCorruptError(f"index at {root} is corrupt: {name!r} is outside it")
         p = gen / name
         if not p.is_file():
             raise IndexCorruptError(f"index at {root} is corrupt: {name} is missing")

@@ -253,6 +253,36 @@ def main() -> None:
     help="Do not store product token ids (OpenSearch: nor the model's product text).",
 )
 @click.option(
+    "--stemmer",
+    default="english",
+    show_default=True,
+    help="Embedded index: the Snowball stemmer of BM25's tokens (a language, e.g. german), or "
+    "'none'.",
+)
+@click.option(
+    "--dense/--no-dense",
+    default=None,
+    help="Embedded index (default: --dense): also store every product's sentence embedding, "
+    "so retrieval is hybrid (BM25 fused with the query's cosine similarity: finds products "
+    "described in other words or spellings); --no-dense: BM25 alone. The OpenSearch backend "
+    "retrieves with BM25 only.",
+)
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    default=0.4,
+    show_default=True,
+    help="--dense: the cosine similarity a product sharing no word with the query needs to be "
+    "a candidate (-1: every product is one).",
+)
+@click.option(
+    "--embedder",
+    "embedder_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Sentence embedder for --dense (a directory written by `reranker "
+    "export-embedder`; default: the one shipped with the package).",
+)
+@click.option(
     "--search-pipeline",
     help="OpenSearch: make this search pipeline (`reranker opensearch-pipeline`) the new "
     "index's default, so ordinary searches of the alias are reranked.",
@@ -270,19 +300,29 @@ def index_cmd(
     quiet,
     model_dir,
     no_tokens,
+    stemmer,
+    dense,
+    min_similarity,
+    embedder_dir,
     search_pipeline,
     first_stage,
 ):
-    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 retrieval."""
+    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 (by default hybrid: BM25
+    and dense vectors) retrieval."""
     from reranker.catalog import FieldMapping, describe_skipped
     from reranker.index import build
     from reranker.models import resolve_model_dir
     from reranker.pipeline import default_model_dir, load_model
+    from reranker.text import BM25Tokenizer
 
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
     mapping = FieldMapping(id_field, title_field, attrs)
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
     if first_stage.backend == "opensearch":
+        if dense or embedder_dir:
+            raise click.UsageError(
+                "--dense/--embedder: the OpenSearch backend retrieves with BM25 only"
+            )
         rerank_fields = None  # the model's product text, for OpenSearch's rerank processor
         model_path = resolve_model_dir(model_dir) if model_dir else default_model_dir()
         if not no_tokens and model_path:
@@ -317,7 +357,27 @@ def index_cmd(
         model = None
         if not no_tokens and (model_dir or default_model_dir()):
             model = load_model(model_dir)
-        report = build.index_catalog(catalog, index_dir, mapping, model=model, **common)
+        stemmer = None if stemmer.lower() == "none" else stemmer
+        try:
+            BM25Tokenizer(stemmer=stemmer)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stemmer") from None
+        embedder = _embedder(dense, embedder_dir)
+        report = build.index_catalog(
+            catalog,
+            index_dir,
+            mapping,
+            model=model,
+            embedder=embedder,
+            min_similarity=min_similarity,
+            stemmer=stemmer,
+            **common,
+        )
+        if embedder is not None:
+            click.echo(
+                f"stored {embedder.config.dim}-d product vectors of embedder {embedder.name}: "
+                "retrieval is hybrid (BM25 + dense)"
+            )
         if model is not None:
             what = "encoder states" if model.config.architecture == "late" else "token ids"
             click.echo(f"stored product {what} for model {model.name}")
@@ -336,6 +396,25 @@ def index_cmd(
     )
 
 
+def _embedder(dense: bool, embedder_dir: Path | None):
+    """The embedder `reranker index` stores vectors of: ``--embedder``, else the shipped one;
+    ``None`` with ``--no-dense``."""
+    from reranker.embedder import TextEmbedder
+    from reranker.models import packaged_embedder_dir
+
+    if dense is False:
+        if embedder_dir is not None:
+            raise click.UsageError("--embedder needs --dense")
+        return None
+    path = embedder_dir or packaged_embedder_dir()
+    if path is None:
+        raise click.UsageError(
+            "no sentence embedder is installed in this package: pass --embedder DIR or "
+            "--no-dense (BM25 alone)"
+        )
+    return TextEmbedder(path)
+
+
 @main.command("search")
 @click.argument("query")
 @index_dir_option
@@ -351,12 +430,12 @@ def index_cmd(
     "-n", "n", default=10, show_default=True, type=click.IntRange(1, 10_000), help="Results shown."
 )
 @model_options
-@click.option("--no-rerank", is_flag=True, help="BM25 order only; no model is loaded.")
+@click.option("--no-rerank", is_flag=True, help="First-stage order only; no model is loaded.")
 @click.option(
     "--budget-ms",
     type=click.FloatRange(min=0, min_open=True),
     help="Latency budget of the search: rerank as many of the top candidates as fit "
-    "(the rest keep BM25 order).",
+    "(the rest keep first-stage order).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @backend_options
@@ -396,10 +475,11 @@ def search_cmd(
     if as_json:
         click.echo(json.dumps(response.to_dict() | {"load_ms": round(load_ms, 1)}, indent=2))
         return
-    _print_table(response, load_ms)
+    retrieval = "hybrid (BM25 + dense)" if getattr(index, "dense", None) is not None else "BM25"
+    _print_table(response, load_ms, retrieval)
 
 
-def _print_table(response, load_ms: float) -> None:
+def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
     if response.reranked:
         part = (
             ""
@@ -407,29 +487,30 @@ def _print_table(response, load_ms: float) -> None:
             else f" (top {response.reranked_k} within the budget)"
         )
         click.echo(
-            f"{response.query!r}: {response.candidates} BM25 candidates "
+            f"{response.query!r}: {response.candidates} {retrieval} candidates "
             f"reranked by {response.model}{part}"
         )
-        click.echo(f"{'#':>3} {'bm25#':>5} {'score':>7} {'prob':>6} {'bm25':>7}  title")
+        click.echo(f"{'#':>3} {'first#':>6} {'score':>7} {'prob':>6} {'first':>7}  title")
     else:
         click.echo(
-            f"{response.query!r}: BM25 order, not reranked ({response.candidates} candidates)"
+            f"{response.query!r}: {retrieval} order, not reranked "
+            f"({response.candidates} candidates)"
         )
-        click.echo(f"{'#':>3} {'bm25#':>5} {'bm25':>7}  title")
+        click.echo(f"{'#':>3} {'first#':>6} {'first':>7}  title")
     for r in response.results:
         title = r.title if len(r.title) <= TITLE_WIDTH else r.title[: TITLE_WIDTH - 1] + "…"
         if response.reranked and r.rerank_score is not None:
             click.echo(
-                f"{r.rank:>3} {r.retrieval_rank:>5} {r.rerank_score:>7.3f} "
+                f"{r.rank:>3} {r.retrieval_rank:>6} {r.rerank_score:>7.3f} "
                 f"{r.rerank_probability:>6.3f} {r.retrieval_score:>7.2f}  {title}"
             )
         elif response.reranked:
             click.echo(
-                f"{r.rank:>3} {r.retrieval_rank:>5} {'-':>7} {'-':>6} {r.retrieval_score:>7.2f}  "
+                f"{r.rank:>3} {r.retrieval_rank:>6} {'-':>7} {'-':>6} {r.retrieval_score:>7.2f}  "
                 f"{title}"
             )
         else:
-            click.echo(f"{r.rank:>3} {r.retrieval_rank:>5} {r.retrieval_score:>7.2f}  {title}")
+            click.echo(f"{r.rank:>3} {r.retrieval_rank:>6} {r.retrieval_score:>7.2f}  {title}")
     if not response.results:
         click.echo("  (no product matches any query term)")
     t = response.timings
@@ -563,15 +644,24 @@ def serve_cmd(
     help="How many of the first stage's best candidates the second stage rescores.",
 )
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--first-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Order the rescored ones by SECOND's raw score + this times FIRST's (0: SECOND's alone).",
+)
 @click.option("--name", help="The cascade's name in answers (default: the output's).")
-def cascade_cmd(first, second, second_k, output, name) -> None:
+def cascade_cmd(first, second, second_k, first_weight, output, name) -> None:
     """Write a two-stage model directory: FIRST (e.g. a late student) scores every candidate,
     SECOND (e.g. a full cross-encoder) rescores FIRST's best SECOND_K. It is used like any model
-    directory (--model DIR); an index built for it stores FIRST's product forms."""
+    directory (--model DIR); an index built for it stores FIRST's product forms. `reranker
+    calibrate DIR` then fits the rescored ones' probability."""
     from reranker.cascade import write_cascade
 
-    out = write_cascade(output, first, second, second_k, name)
-    click.echo(f"cascade {out}: {first} on every candidate, {second} on its best {second_k}")
+    out = write_cascade(output, first, second, second_k, name, first_weight=first_weight)
+    blend = f" (+ {first_weight} x the first's score)" if first_weight else ""
+    click.echo(f"cascade {out}: {first} on every candidate, {second}{blend} on its best {second_k}")
 
 
 @main.command("opensearch-pipeline")

@@ -180,34 +180,7 @@ class CrossEncoder:
         session_options: dict | None,
         config_entries: dict[str, str] | None = None,
     ):
-        import onnxruntime as ort
-
-        if not onnx_path.is_file():
-            raise ModelError(f"model file missing: {onnx_path}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
-        opts.inter_op_num_threads = 1
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        for name, value in (session_options or {}).items():
-            if name == "graph_optimization_level":
-                value = levels[value]
-            if not hasattr(opts, name):
-                raise ModelError(f"onnxruntime SessionOptions has no {name!r}")
-            setattr(opts, name, value)
-        for key, value in (config_entries or {}).items():
-            opts.add_session_config_entry(key, value)
-        try:
-            return ort.InferenceSession(
-                str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"cannot load {onnx_path}: {_first_line(exc)}") from None
+        return onnx_session(onnx_path, threads, session_options, config_entries)
 
     def _check_inputs(self, path: Path) -> None:
         if not {"input_ids", "attention_mask"} <= self.input_names:
@@ -335,6 +308,45 @@ class CrossEncoder:
                 z = float(cal["scale"]) * z + float(cal["bias"])
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
         return raw.copy()
+
+
+def onnx_session(
+    onnx_path: Path,
+    threads: int | None = None,
+    session_options: dict | None = None,
+    config_entries: dict[str, str] | None = None,
+):
+    """A CPU ``onnxruntime.InferenceSession`` with the runtime's settings (all graph
+    optimisations, ``threads`` intra-op threads, default: the cores up to 8); ``session_options``
+    and ``config_entries`` as :class:`CrossEncoder` takes them."""
+    import onnxruntime as ort
+
+    if not onnx_path.is_file():
+        raise ModelError(f"model file missing: {onnx_path}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 8)
+    opts.inter_op_num_threads = 1
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    for name, value in (session_options or {}).items():
+        if name == "graph_optimization_level":
+            value = levels[value]
+        if not hasattr(opts, name):
+            raise ModelError(f"onnxruntime SessionOptions has no {name!r}")
+        setattr(opts, name, value)
+    for key, value in (config_entries or {}).items():
+        opts.add_session_config_entry(key, value)
+    try:
+        return ort.InferenceSession(
+            str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelError(f"cannot load {onnx_path}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ shaped differently from what it learned on.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -44,20 +45,53 @@ def searchable_text(title: str, fields: Mapping[str, str | None]) -> str:
     return " ".join(values)
 
 
-class BM25Tokenizer:
-    """Lowercasing regex tokenizer for BM25; its settings are stored in the index manifest."""
+#: Stemmer of new indexes: Snowball's English (Porter 2), so "drills" finds "drill".
+DEFAULT_STEMMER = "english"
 
-    def __init__(self, pattern: str = DEFAULT_TOKEN_PATTERN, lowercase: bool = True) -> None:
+
+class BM25Tokenizer:
+    """Lowercasing regex tokenizer for BM25, optionally stemming each token with a Snowball
+    stemmer; its settings are stored in the index manifest (an index without a stemmer setting
+    was built without one)."""
+
+    def __init__(
+        self,
+        pattern: str = DEFAULT_TOKEN_PATTERN,
+        lowercase: bool = True,
+        stemmer: str | None = DEFAULT_STEMMER,
+    ) -> None:
         self.pattern = pattern
         self.lowercase = lowercase
+        self.stemmer = stemmer
         self._regex = re.compile(pattern)
+        self._stem = _stemmer(stemmer) if stemmer else None
 
     def __call__(self, text: str) -> list[str]:
-        return self._regex.findall(text.lower() if self.lowercase else text)
+        tokens = self._regex.findall(text.lower() if self.lowercase else text)
+        return [self._stem(t) for t in tokens] if self._stem else tokens
 
     def settings(self) -> dict[str, object]:
-        return {"pattern": self.pattern, "lowercase": self.lowercase}
+        return {"pattern": self.pattern, "lowercase": self.lowercase, "stemmer": self.stemmer}
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> BM25Tokenizer:
-        return cls(pattern=str(settings["pattern"]), lowercase=bool(settings["lowercase"]))
+        stemmer = settings.get("stemmer")
+        return cls(
+            pattern=str(settings["pattern"]),
+            lowercase=bool(settings["lowercase"]),
+            stemmer=str(stemmer) if stemmer else None,
+        )
+
+
+def _stemmer(language: str):
+    """A memoised ``word → stem`` function of Snowball's stemmer for ``language``."""
+    import snowballstemmer
+
+    try:
+        stemmer = snowballstemmer.stemmer(language)
+    except KeyError:
+        raise ValueError(
+            f"no Snowball stemmer for {language!r}; one of: "
+            f"{', '.join(snowballstemmer.algorithms())}"
+        ) from None
+    return functools.lru_cache(maxsize=1 << 18)(stemmer.stemWord)

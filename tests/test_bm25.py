@@ -50,7 +50,11 @@ def test_manifest_records_count_checksum_tokenizer_and_version(built_index, cata
     assert manifest["format_version"] == 1
     assert manifest["count"] == 30
     assert manifest["catalog"]["sha256"] == read_catalog(catalog_csv).sha256
-    assert manifest["tokenizer"] == {"pattern": "[a-z0-9]+", "lowercase": True}
+    assert manifest["tokenizer"] == {
+        "pattern": "[a-z0-9]+",
+        "lowercase": True,
+        "stemmer": "english",
+    }
     assert manifest["bm25"]["k1"] == 1.5 and "rank-bm25" in manifest["bm25"]["implementation"]
     assert not list(gen.glob("*.pkl")) and not list(gen.glob("*.pickle"))
 

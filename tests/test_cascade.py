@@ -146,7 +146,53 @@ def test_bad_cascades_are_refused(late_student, tiny_model, cross_brand, cascade
     (bad / "reranker.json").write_text(json.dumps({**cfg, "second_k": 0}))
     with pytest.raises(ModelError, match="second_k"):
         open_model(bad)
+    (bad / "reranker.json").write_text(json.dumps({**cfg, "first_weight": -1}))
+    with pytest.raises(ModelError, match="first_weight must be a number"):
+        open_model(bad)
+
+
+def test_blended_head_and_its_calibration(
+    late_student,  # noqa: F811
+    cross_brand,
+    texts,
+    catalog_csv,
+    tmp_path,
+    write_judged,
+):
+    out = tmp_path / "blend"
+    r = CliRunner().invoke(
+        main,
+        ["cascade", str(late_student[1]), str(cross_brand), "--second-k", "3"]
+        + ["--first-weight", "0.5", "--output", str(out)],
+        env={"RERANKER_MODEL": ""},
+    )
+    assert r.exit_code == 0 and "(+ 0.5 x the first's score)" in r.output, r.output
+    cascade = open_model(out, variant="fp32")
+    first = cascade.first.score("cordless drill", texts)
+    second = cascade.second.score("cordless drill", texts)
+    got = cascade.score("cordless drill", texts)
+    head = list(np.argsort(-first.raw, kind="stable"))[:3]
+    rest = list(np.argsort(-first.raw, kind="stable"))[3:]
+    blend = second.raw[head] + 0.5 * first.raw[head]
+    assert got.raw[head] == pytest.approx(blend, abs=1e-5)
+    assert list(np.argsort(-got.raw, kind="stable"))[:3] == [head[i] for i in np.argsort(-blend)]
+    assert got.probability[head] == pytest.approx(second.probability[head], abs=1e-5)
+    assert got.raw[rest].max() < got.raw[head].min()
+
+    # calibrating the cascade fits the blend of every judged pair (all rescored) and stores it
     from reranker.training.calibrate import calibrate
 
-    with pytest.raises(ModelError, match="calibrate its stages"):
-        calibrate(cascade_dir, "unused.parquet", "unused.csv")
+    products = read_catalog(catalog_csv).products
+    rows = [
+        (q, p.id, 1.0 + 2.0 * ((i * 7) % 5) / 4)
+        for q in ("drill", "hose")
+        for i, p in enumerate(products[:8])
+    ]
+    judged = write_judged(tmp_path / "held.parquet", rows)
+    result = calibrate(out, judged, catalog_csv, variant="fp32")
+    stored = json.loads((out / "reranker.json").read_text())["calibration"]
+    assert stored["scale"] == result["scale"] and stored["method"] == "platt"
+    again = open_model(out, variant="fp32").score("cordless drill", texts)
+    expected = 1 / (1 + np.exp(-(stored["scale"] * again.raw[head] + stored["bias"])))
+    assert again.probability[head] == pytest.approx(expected, abs=1e-5)
+    assert again.probability[rest] == pytest.approx(first.probability[rest], abs=1e-6)

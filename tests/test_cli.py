@@ -23,14 +23,14 @@ def test_version_and_help_on_every_command(run):
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
-def test_index_then_search_bm25(run, tmp_path, catalog_csv):
+def test_index_then_search_first_stage_only(run, tmp_path, catalog_csv):
     idx = tmp_path / "idx"
     result = run("index", catalog_csv, "--index-dir", idx, "-q")
     assert result.exit_code == 0, result.output
     assert "indexed 30 products, skipped 0" in result.output
     result = run("search", "cordless drill", "--index-dir", idx, "--no-rerank", "-n", "3")
     assert result.exit_code == 0, result.output
-    assert "BM25 order, not reranked" in result.output
+    assert "hybrid (BM25 + dense) order, not reranked" in result.output
     assert "retrieval" in result.output and "ms" in result.output
     assert len([ln for ln in result.output.splitlines() if ln[:3].strip().isdigit()]) == 3
 
@@ -39,7 +39,7 @@ def test_search_with_model_table_and_json(run, built_index, tiny_model):
     result = run("search", "cordless drill", "--index-dir", built_index, "--model", tiny_model)
     assert result.exit_code == 0, result.output
     assert "reranked by tiny-test-model" in result.output
-    assert "bm25#" in result.output
+    assert "first#" in result.output
     result = run(
         "search",
         "garden hose",

@@ -19,3 +19,29 @@ def test_bm25_tokenizer_lowercases_alphanumeric_runs_and_round_trips_settings():
     assert tok("DEWALT 20-Volt MAX, 1/2 in.") == ["dewalt", "20", "volt", "max", "1", "2", "in"]
     again = BM25Tokenizer.from_settings(tok.settings())
     assert again("A-b") == ["a", "b"]
+
+
+def test_bm25_tokenizer_stems_with_snowball_english_by_default():
+    tok = BM25Tokenizer()
+    assert tok("Cordless Drills, elongated Toilet Seats") == [
+        "cordless",
+        "drill",
+        "elong",
+        "toilet",
+        "seat",
+    ]
+    assert tok("drill") == tok("drills") == tok("drilling")
+    assert BM25Tokenizer.from_settings(tok.settings())("Seats") == ["seat"]
+
+
+def test_bm25_tokenizer_without_stemmer_and_settings_of_older_indexes():
+    assert BM25Tokenizer(stemmer=None)("Drills") == ["drills"]
+    older = BM25Tokenizer.from_settings({"pattern": "[a-z0-9]+", "lowercase": True})
+    assert older.stemmer is None and older("Drills") == ["drills"]
+
+
+def test_bm25_tokenizer_unknown_stemmer_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="no Snowball stemmer for 'klingon'; one of: .*english"):
+        BM25Tokenizer(stemmer="klingon")

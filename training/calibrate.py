@@ -163,13 +163,9 @@ def calibrate(
     model_dir = Path(model_dir)
     model = open_model(model_dir, variant=variant)
     if hasattr(model, "second_k"):
-        from reranker.errors import ModelError
-
-        raise ModelError(
-            f"{model_dir} is a cascade: calibrate its stages ({model.first.model_dir}, "
-            f"{model.second.model_dir}); each result takes the probability of the stage that "
-            "placed it"
-        )
+        # a cascade: the fit is that of the rescored products' score (the rest keep the first
+        # stage's probability), so every judged pair is rescored here
+        model.second_k = 1 << 30
     raw, target = judged_scores(model, judged, catalog, exclude, max_pairs=max_pairs)
     scale, bias = fit_platt(raw, target)
     plain = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))

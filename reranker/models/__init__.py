@@ -12,6 +12,9 @@ accepted (``--model accurate``, ``open_model("accurate")``, ``RERANKER_MODEL=acc
   states stored with the index).
 - ``accurate``: the full cross-encoder on every candidate, slower per query.
 
+``retriever`` is not a reranker but the sentence embedder (all-MiniLM-L6-v2, int8) of the dense
+half of the embedded first stage (:mod:`reranker.index.dense`).
+
 Each folder has its ``MODEL_CARD.md``.
 """
 
@@ -25,6 +28,12 @@ from reranker.errors import ModelError, ModelNotInstalledError
 PACKAGED_MODELS = Path(__file__).resolve().parent
 #: Profile name → folder under :data:`PACKAGED_MODELS`.
 PROFILES = {"default": "default", "fast": "default", "late": "late", "accurate": "accurate"}
+
+
+def packaged_embedder_dir() -> Path | None:
+    """The shipped sentence embedder of hybrid retrieval, or ``None`` when it is not installed."""
+    path = PACKAGED_MODELS / "retriever"
+    return path if (path / "embedder.json").is_file() else None
 
 
 def packaged_model_dir(name: str) -> Path:

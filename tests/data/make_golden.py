@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import snowballstemmer
 from rank_bm25 import BM25Okapi
 
 HERE = Path(__file__).parent
@@ -16,11 +17,16 @@ QUERIES = [
     "twin garden hose",
     "green green",
     "zebra",
+    "drills",
+    "seats elongated",
 ]
 
 
+STEM = snowballstemmer.stemmer("english").stemWord
+
+
 def tokens(s: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", s.lower())
+    return [STEM(t) for t in re.findall(r"[a-z0-9]+", s.lower())]
 
 
 rows = list(csv.DictReader(open(HERE / "catalog.csv")))

@@ -1,0 +1,187 @@
+"""The dense first stage: embedder export and runtime, vectors stored with the index, hybrid
+retrieval, and `reranker index --dense/--no-dense/--embedder`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from reranker.cli import main
+from reranker.embedder import TextEmbedder
+from reranker.errors import IndexCorruptError, ModelError
+from reranker.index import BM25Index
+from reranker.index.build import index_catalog
+from reranker.index.dense import EMBEDDER_DIR, VECTORS_FILE
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory, tiny_hf_model):
+    """The tiny BERT's encoder exported as a mean-pooling embedder (fp32, so exact)."""
+    from reranker.training.export_embedder import export_embedder
+
+    out = tmp_path_factory.mktemp("embedder") / "tiny-embedder"
+    return export_embedder(
+        tiny_hf_model, out, max_length=32, int8=False, metadata={"name": "tiny-embedder"}
+    )
+
+
+@pytest.fixture(scope="session")
+def hybrid_index(tmp_path_factory, catalog_csv, tiny_embedder):
+    """Every product a candidate (no similarity floor), as the tiny embedder is random."""
+    out = tmp_path_factory.mktemp("hybrid") / "idx"
+    index_catalog(catalog_csv, out, embedder=TextEmbedder(tiny_embedder), min_similarity=-1.0)
+    return out
+
+
+def test_export_matches_torch_and_runtime_gives_unit_vectors(tiny_embedder, tiny_hf_model):
+    config = json.loads((tiny_embedder / "embedder.json").read_text())
+    assert config["format"] == "kd-reranker-embedder" and config["file"] == "model.onnx"
+    assert config["metadata"]["parity"]["min_cosine_vs_torch"] > 0.9999
+    e = TextEmbedder(tiny_embedder)
+    texts = ["cordless drill", "garden hose nozzle with a long name " * 5, "x"]
+    v = e.embed(texts)
+    assert v.shape == (3, config["dim"]) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.stack([e.embed([t])[0] for t in texts])  # padding must not change a vector
+    np.testing.assert_allclose(v, one_by_one, atol=1e-5)
+    assert e.embed([]).shape == (0, config["dim"])
+
+
+def test_int8_export_and_refusals(tmp_path, tiny_hf_model):
+    from reranker.training.export_embedder import export_embedder
+
+    out = export_embedder(tiny_hf_model, tmp_path / "e8", max_length=32)
+    assert (out / "model.int8.onnx").is_file() and not (out / "model.onnx").exists()
+    assert TextEmbedder(out).embed(["drill"]).shape[0] == 1
+    with pytest.raises(ModelError, match="not empty; pass --overwrite"):
+        export_embedder(tiny_hf_model, out)
+    with pytest.raises(ModelError, match="embedder.json is missing"):
+        TextEmbedder(tmp_path)
+
+
+def test_index_stores_vectors_and_a_copy_of_the_embedder(hybrid_index, tiny_embedder):
+    index = BM25Index.load(hybrid_index)
+    assert index.dense is not None and len(index.dense) == len(index)
+    entry = index.manifest["dense"]
+    assert entry["weight"] == 1.0 and entry["embedder_key"]["name"] == "tiny-embedder"
+    assert entry["min_similarity"] == -1.0
+    files = index.manifest["files"]
+    assert VECTORS_FILE in files and f"{EMBEDDER_DIR}/model.onnx" in files
+    # the stored vectors are the embedder's vectors of each product's text
+    products = index.products_at(np.arange(len(index)))
+    expected = TextEmbedder(tiny_embedder).embed([p.text() for p in products])
+    np.testing.assert_allclose(index.dense.vectors, expected, atol=2e-3)  # stored as float16
+
+
+def test_hybrid_retrieval_is_the_fused_score_with_ties_by_id(hybrid_index):
+    index = BM25Index.load(hybrid_index)
+    query = "cordless drill"
+    cands = index.retrieve(query, k=10)
+    bm25 = index.scores(query)
+    fused = bm25 / bm25.max() + index.dense.similarities(query)
+    assert [c.score for c in cands] == pytest.approx(sorted(fused, reverse=True)[:10])
+    assert [c.rank for c in cands] == list(range(1, 11))
+    key = [(-round(c.score, 12), c.product.id) for c in cands]
+    assert key == sorted(key)
+    # every product is a candidate: k beyond the BM25 matches still fills up
+    assert len(index.retrieve(query, k=25)) == 25
+
+
+def test_words_unknown_to_bm25_are_found_by_meaning_and_empty_queries_find_nothing(
+    hybrid_index, built_index
+):
+    hybrid, lexical = BM25Index.load(hybrid_index), BM25Index.load(built_index)
+    assert lexical.retrieve("qwertyuiop", k=5) == []
+    assert len(hybrid.retrieve("qwertyuiop", k=5)) == 5
+    assert hybrid.retrieve("!!! ???", k=5) == [] and hybrid.retrieve("drill", k=0) == []
+
+
+def test_products_without_a_query_token_need_the_minimum_similarity(hybrid_index):
+    index = BM25Index.load(hybrid_index)
+    query = "cordless drill"
+    bm25, cosine = index.scores(query), index.dense.similarities(query)
+    floor = float(np.median(cosine[bm25 == 0]))
+    index.dense.min_similarity = floor
+    got = {c.row for c in index.retrieve(query, k=30)}
+    allowed = set(np.flatnonzero((bm25 > 0) | (cosine >= floor)).tolist())
+    assert got <= allowed and len(got) == min(30, len(allowed))
+    index.dense.min_similarity = 2.0  # nothing is close enough: BM25's matches only
+    assert {c.row for c in index.retrieve(query, k=30)} == set(np.flatnonzero(bm25 > 0).tolist())
+    assert index.retrieve("qwertyuiop", k=5) == []
+
+
+def test_tampered_embedder_is_detected(tmp_path, hybrid_index):
+    copy = tmp_path / "idx"
+    shutil.copytree(hybrid_index, copy)
+    gen = next(copy.glob("gen-*"))
+    (gen / EMBEDDER_DIR / "tokenizer.json").write_text("{}")
+    with pytest.raises(IndexCorruptError, match="embedder/tokenizer.json does not match"):
+        BM25Index.load(copy)
+
+
+def test_manifest_file_names_cannot_leave_the_index(tmp_path, hybrid_index):
+    copy = tmp_path / "idx"
+    shutil.copytree(hybrid_index, copy)
+    gen = next(copy.glob("gen-*"))
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["files"]["../outside"] = {"bytes": 1, "sha256": "0"}
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="outside it"):
+        BM25Index.load(copy)
+
+
+def test_cli_index_dense_options(tmp_path, catalog_csv, tiny_embedder, monkeypatch):
+    monkeypatch.delenv("RERANKER_MODEL", raising=False)
+    runner = CliRunner()
+    out = tmp_path / "idx"
+    args = ["index", str(catalog_csv), "--index-dir", str(out), "-q", "--no-tokens"]
+    r = runner.invoke(main, [*args, "--embedder", str(tiny_embedder), "--min-similarity", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert BM25Index.load(out).dense.min_similarity == 0.25
+    assert "stored 32-d product vectors of embedder tiny-embedder" in r.output
+    assert "retrieval is hybrid (BM25 + dense)" in r.output
+    assert BM25Index.load(out).dense is not None
+    r = runner.invoke(main, [*args, "--overwrite", "--no-dense"])
+    assert r.exit_code == 0, r.output
+    assert "hybrid" not in r.output and BM25Index.load(out).dense is None
+    r = runner.invoke(main, [*args, "--overwrite", "--no-dense", "--embedder", str(tiny_embedder)])
+    assert r.exit_code == 2 and "--embedder needs --dense" in r.output
+    r = runner.invoke(main, [*args, "--backend", "opensearch", "--dense"])
+    assert r.exit_code == 2 and "retrieves with BM25 only" in r.output
+
+
+def test_shipped_embedder_is_the_default_of_reranker_index(tmp_path, catalog_csv):
+    from reranker.models import packaged_embedder_dir
+
+    shipped = packaged_embedder_dir()
+    assert shipped is not None, "reranker/models/retriever is missing"
+    config = json.loads((shipped / "embedder.json").read_text())
+    assert config["metadata"]["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    r = CliRunner().invoke(
+        main, ["index", str(catalog_csv), "--index-dir", str(tmp_path / "i"), "-q", "--no-tokens"]
+    )
+    assert r.exit_code == 0, r.output
+    index = BM25Index.load(tmp_path / "i")
+    assert index.dense is not None and index.manifest["dense"]["embedder_key"]["name"] == (
+        "retriever"
+    )
+    top = [c.product.title for c in index.retrieve("cordless drill", k=3)]
+    assert any("Drill" in t for t in top), top
+
+
+def test_cli_index_stemmer_option(tmp_path, catalog_csv):
+    runner = CliRunner()
+    args = ["index", str(catalog_csv), "-q", "--no-tokens", "--no-dense"]
+    r = runner.invoke(main, [*args, "--index-dir", str(tmp_path / "a"), "--stemmer", "none"])
+    assert r.exit_code == 0, r.output
+    index = BM25Index.load(tmp_path / "a")
+    assert index.manifest["tokenizer"]["stemmer"] is None and index.retrieve("drills", 5) == []
+    r = runner.invoke(main, [*args, "--index-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert BM25Index.load(tmp_path / "b").retrieve("drills", 5)
+    r = runner.invoke(main, [*args, "--index-dir", str(tmp_path / "c"), "--stemmer", "klingon"])
+    assert r.exit_code == 2 and "no Snowball stemmer for 'klingon'" in r.output
