@@ -78,7 +78,7 @@ def plot(points: list[dict], lines: dict[str, dict], path: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, title in (
         (axes[0], "pair_accuracy", "dev pair accuracy"),
-        (axes[1], "e2e_ndcg10", "dev end-to-end NDCG@10 (BM25 top 100 reranked)"),
+        (axes[1], "e2e_ndcg10", "dev end-to-end NDCG@10 (the first stage's top 100 reranked)"),
     ):
         for p in points:
             if p.get(key) is None:

@@ -81,8 +81,13 @@ class DenseVectors:
         return dense
 
     def similarities(self, query: str) -> np.ndarray:
-        """Cosine similarity of ``query`` to every product."""
-        return self.vectors @ self.embedder.embed([query])[0]
+        """Cosine similarity of ``query`` to every product.
+
+        Computed with ``einsum`` (numpy's own loop, one thread) rather than ``@``: the BLAS
+        matrix-vector product is no faster here (memory-bound), and BLAS threads that keep
+        spinning after it took the cores from the reranker that runs next (search p50 73 ms
+        against 55 ms for the default on 2 cores, BENCHMARKS.md)."""
+        return np.einsum("ij,j->i", self.vectors, self.embedder.embed([query])[0])
 
     def fuse(self, bm25: np.ndarray, query: str) -> np.ndarray:
         """Hybrid score of every product (see the module docstring); ``-inf`` for a product

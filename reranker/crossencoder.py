@@ -56,22 +56,9 @@ class ModelConfig:
     @classmethod
     def read(cls, model_dir: Path) -> ModelConfig:
         path = model_dir / CONFIG_FILE
-        if not path.is_file():
-            raise ModelError(
-                f"{model_dir} is not a kd-reranker model directory: {CONFIG_FILE} is missing "
-                "(write one with `reranker export`)"
-            )
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read {path}: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ModelError(f"{path} is not a kd-reranker model config (format {FORMAT!r})")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ModelError(
-                f"{path} has format version {raw.get('format_version')}; this kd-reranker reads "
-                f"version {FORMAT_VERSION}"
-            )
+        raw = read_config(
+            path, FORMAT, FORMAT_VERSION, "model", "(write one with `reranker export`)"
+        )
         try:
             cfg = cls(**{**raw, "fields": tuple(raw.get("fields", ()))})
         except TypeError as exc:
@@ -95,6 +82,29 @@ class ModelConfig:
         if cfg.max_length < 8:
             raise ModelError(f"{path}: max_length must be at least 8, not {cfg.max_length}")
         return cfg
+
+
+def read_config(path: Path, fmt: str, version: int, what: str, hint: str = "") -> dict:
+    """The JSON object of a runtime directory's config file, checked to be of ``fmt`` at
+    ``version``; one-line :class:`ModelError` otherwise (``what``: "model", "embedder"; ``hint``
+    follows the message for a missing file)."""
+    if not path.is_file():
+        raise ModelError(
+            f"{path.parent} is not a kd-reranker {what} directory: {path.name} is missing"
+            + (f" {hint}" if hint else "")
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {path}: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != fmt:
+        raise ModelError(f"{path} is not a kd-reranker {what} config (format {fmt!r})")
+    if raw.get("format_version") != version:
+        raise ModelError(
+            f"{path} has format version {raw.get('format_version')}; this kd-reranker reads "
+            f"version {version}"
+        )
+    return raw
 
 
 @dataclass(frozen=True)

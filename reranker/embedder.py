@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.crossencoder import MAX_QUERY_CHARS, onnx_session
+from reranker.crossencoder import MAX_QUERY_CHARS, onnx_session, read_config
 from reranker.errors import ModelError
 
 CONFIG_FILE = "embedder.json"
@@ -43,21 +43,7 @@ class EmbedderConfig:
     @classmethod
     def read(cls, directory: Path) -> EmbedderConfig:
         path = directory / CONFIG_FILE
-        if not path.is_file():
-            raise ModelError(
-                f"{directory} is not a kd-reranker embedder directory: {CONFIG_FILE} is missing"
-            )
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot read {path}: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise ModelError(f"{path} is not a kd-reranker embedder config (format {FORMAT!r})")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise ModelError(
-                f"{path} has format version {raw.get('format_version')}; this kd-reranker reads "
-                f"version {FORMAT_VERSION}"
-            )
+        raw = read_config(path, FORMAT, FORMAT_VERSION, "embedder")
         try:
             cfg = cls(**raw)
         except TypeError as exc:
