@@ -307,8 +307,8 @@ def index_cmd(
     search_pipeline,
     first_stage,
 ):
-    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for BM25 (by default hybrid: BM25
-    and dense vectors) retrieval."""
+    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for retrieval: the embedded index's
+    stemmed BM25, by default fused with dense vectors (hybrid), or OpenSearch's BM25."""
     from reranker.catalog import FieldMapping, describe_skipped
     from reranker.index import build
     from reranker.models import resolve_model_dir
