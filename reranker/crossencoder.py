@@ -139,7 +139,6 @@ class CrossEncoder:
         ``session_config``: session config entries (e.g. ``{"session.intra_op.allow_spinning":
         "0"}``, as a cascade sets for its stages so that one's idle threads do not take the
         cores from the other)."""
-        from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
         if not self.model_dir.is_dir():
@@ -158,12 +157,7 @@ class CrossEncoder:
             )
         self.batch_size = batch_size
         tok_path = self.model_dir / "tokenizer.json"
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # tokenizers raises a bare Exception for a missing/broken file
-            raise ModelError(f"cannot load tokenizer {tok_path}: {_first_line(exc)}") from None
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer = load_tokenizer(tok_path)
         try:
             self.pairs = PairEncoder(
                 self.tokenizer, self.config.max_length, self.config.pad_token_id
@@ -318,6 +312,20 @@ class CrossEncoder:
                 z = float(cal["scale"]) * z + float(cal["bias"])
             return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
         return raw.copy()
+
+
+def load_tokenizer(path: Path):
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json``, padding and truncation off (the
+    runtimes pad and cut themselves); one-line :class:`ModelError` when it cannot be read."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a missing/broken file
+        raise ModelError(f"cannot load tokenizer {path}: {_first_line(exc)}") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def onnx_session(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.crossencoder import MAX_QUERY_CHARS, onnx_session, read_config
+from reranker.crossencoder import MAX_QUERY_CHARS, load_tokenizer, onnx_session, read_config
 from reranker.errors import ModelError
 
 CONFIG_FILE = "embedder.json"
@@ -69,18 +69,11 @@ class TextEmbedder:
         batch_size: int = 64,
         session_config: dict[str, str] | None = None,
     ) -> None:
-        from tokenizers import Tokenizer
-
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise ModelError(f"embedder directory not found: {self.directory}")
         self.config = EmbedderConfig.read(self.directory)
-        tok_path = self.directory / "tokenizer.json"
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:  # tokenizers raises a bare Exception for a missing/broken file
-            raise ModelError(f"cannot load tokenizer {tok_path}: {exc}") from None
-        self.tokenizer.no_padding()
+        self.tokenizer = load_tokenizer(self.directory / "tokenizer.json")
         self.tokenizer.enable_truncation(self.config.max_length)
         self.batch_size = batch_size
         onnx_path = self.directory / self.config.file
