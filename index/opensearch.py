@@ -134,17 +134,35 @@ def _short(exc: Exception) -> str:
 RERANK_TEXT_FIELD = "rerank_text"
 
 
+#: The analyzer of every searched field: standard tokens, lowercased, Snowball-stemmed (English).
+ANALYZER = "kd_english"
+
+
 def mapping(
     attribute_fields: Sequence[str],
     rerank_fields: Sequence[str] | None = None,
     search_pipeline: str | None = None,
 ) -> dict:
-    """Text fields for BM25 (standard analyzer), the id as a keyword for tie-breaks, and the raw
-    fields kept in ``_source`` for display; with ``rerank_fields``, the model's product text in
-    ``rerank_text`` (stored, not searched); with ``search_pipeline``, the index's default
-    search pipeline."""
-    text = {"type": "text", "analyzer": "standard"}
-    settings: dict = {"number_of_shards": 1, "number_of_replicas": 0}
+    """Text fields for BM25 (the standard tokenizer, lowercased and stemmed by Snowball's English
+    stemmer, as the embedded index stems; the filter is analysis-common's, in every full
+    distribution), the id as a keyword for tie-breaks, and the raw fields kept in ``_source``
+    for display; with ``rerank_fields``, the model's product text in ``rerank_text`` (stored,
+    not searched); with ``search_pipeline``, the index's default search pipeline."""
+    text = {"type": "text", "analyzer": ANALYZER}
+    settings: dict = {
+        "number_of_shards": 1,
+        "number_of_replicas": 0,
+        "analysis": {
+            "filter": {"kd_english_stem": {"type": "snowball", "language": "English"}},
+            "analyzer": {
+                ANALYZER: {
+                    "type": "custom",
+                    "tokenizer": "standard",
+                    "filter": ["lowercase", "kd_english_stem"],
+                }
+            },
+        },
+    }
     if search_pipeline:
         settings["search.default_pipeline"] = search_pipeline
     meta: dict = {"attribute_fields": list(attribute_fields)}

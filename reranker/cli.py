@@ -257,7 +257,7 @@ def main() -> None:
     default="english",
     show_default=True,
     help="Embedded index: the Snowball stemmer of BM25's tokens (a language, e.g. german), or "
-    "'none'.",
+    "'none' (OpenSearch indexes always stem with Snowball's English).",
 )
 @click.option(
     "--dense/--no-dense",
@@ -265,7 +265,7 @@ def main() -> None:
     help="Embedded index (default: --dense): also store every product's sentence embedding, "
     "so retrieval is hybrid (BM25 fused with the query's cosine similarity: finds products "
     "described in other words or spellings); --no-dense: BM25 alone. The OpenSearch backend "
-    "retrieves with BM25 only.",
+    "retrieves with (stemmed) BM25 only.",
 )
 @click.option(
     "--min-similarity",

@@ -50,6 +50,8 @@ PAINLESS_JARS=(
   "org.ow2.asm:asm-commons:9.7:jar"
   "org.ow2.asm:asm-analysis:9.7:jar"
 )
+# analysis-common (Snowball stemming for the index's analyzer; every full distribution has it)
+ANALYSIS_JAR="org.opensearch.plugin:analysis-common:$VERSION:jar"
 DATA_DIR="$BASE/data-$PORT"
 PID_FILE="$BASE/opensearch-$PORT.pid"
 ZIP="$HOME/.m2/repository/org/opensearch/distribution/integ-test-zip/opensearch/$VERSION/opensearch-$VERSION.zip"
@@ -74,6 +76,7 @@ get() {  # fetch one artifact into ~/.m2 unless it is there
 
 fetch() {
   get "org.opensearch.distribution.integ-test-zip:opensearch:$VERSION:zip"
+  get "$ANALYSIS_JAR"
   if [ "$PLUGINS" = ml ]; then
     local a
     for a in "${PLUGIN_ZIPS[@]}" "${PAINLESS_JARS[@]}"; do get "$a"; done
@@ -103,6 +106,27 @@ grant {
   permission java.lang.RuntimePermission "getClassLoader";
 };
 POLICY
+}
+
+# analysis-common as a module of the distribution (the minimal one lacks it; Maven Central has
+# it as a jar): the Snowball token filter of kd-reranker's index analyzer lives there
+analysis_module() {
+  local dir=$1/modules/analysis-common
+  mkdir -p "$dir"
+  cp "$(m2_path "$ANALYSIS_JAR")" "$dir/"
+  local extends=
+  [ -d "$1/modules/lang-painless" ] && extends=lang-painless
+  cat > "$dir/plugin-descriptor.properties" <<PROPS
+description=Adds "built in" analyzers to OpenSearch.
+version=$VERSION
+name=analysis-common
+classname=org.opensearch.analysis.common.CommonAnalysisPlugin
+java.version=11
+opensearch.version=$VERSION
+extended.plugins=$extends
+has.native.controller=false
+PROPS
+  chmod -R a+rX "$dir"
 }
 
 java_home() {
@@ -157,6 +181,10 @@ install() {
       done
     fi
     mv "$HOME_DIR.tmp/opensearch-$VERSION" "$HOME_DIR" && rmdir "$HOME_DIR.tmp"
+  fi
+  if [ ! -d "$HOME_DIR/modules/analysis-common" ]; then
+    log "adding the analysis-common module"
+    analysis_module "$HOME_DIR"
   fi
   if [ "$PLUGINS" = ml ] && [ ! -d "$HOME_DIR/plugins/kd-search-window" ]; then
     window_plugin "$HOME_DIR"
