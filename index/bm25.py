@@ -322,8 +322,9 @@ class BM25Index:
         close enough in meaning (:mod:`reranker.index.dense`; a query whose words are all
         unknown to BM25, e.g. misspelt, is then found by meaning alone). A query without any
         token finds nothing."""
-        tokens = [t for t in self.query_tokens(query) if t in self.term_index]
-        if k <= 0 or not (tokens or (self.dense is not None and self.query_tokens(query))):
+        query_tokens = self.query_tokens(query)
+        tokens = [t for t in query_tokens if t in self.term_index]
+        if k <= 0 or not (tokens or (self.dense is not None and query_tokens)):
             return []
         if self.dense is None:
             scores, matched = self._accumulate(tokens)

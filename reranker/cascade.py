@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from reranker.catalog import Product
-from reranker.crossencoder import CONFIG_FILE, Scores
+from reranker.crossencoder import CONFIG_FILE, Scores, sigmoid_probability
 from reranker.errors import ModelError
 
 FORMAT = "kd-reranker-cascade"
@@ -239,10 +239,8 @@ class CascadeReranker:
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         """The probability of a rescored product's raw score: the cascade's calibration, else
         the second stage's (the rest get the first stage's in :meth:`score`)."""
-        c = self.cascade.calibration
-        if c:
-            z = float(c["scale"]) * np.asarray(raw, dtype=np.float64) + float(c["bias"])
-            return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        if self.cascade.calibration:
+            return sigmoid_probability(raw, self.cascade.calibration)
         return self.second._activate(raw)
 
     def calibrate_latency(self) -> CascadeLatency:

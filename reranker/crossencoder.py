@@ -306,12 +306,17 @@ class CrossEncoder:
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":
-            z = raw.astype(np.float64)
-            cal = self.config.calibration
-            if cal:
-                z = float(cal["scale"]) * z + float(cal["bias"])
-            return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+            return sigmoid_probability(raw, self.config.calibration)
         return raw.copy()
+
+
+def sigmoid_probability(raw: np.ndarray, calibration: dict | None = None) -> np.ndarray:
+    """``sigmoid(scale * raw + bias)`` with a fitted Platt ``calibration`` (``scale``,
+    ``bias``), else the plain sigmoid of ``raw``; float32."""
+    z = np.asarray(raw, dtype=np.float64)
+    if calibration:
+        z = float(calibration["scale"]) * z + float(calibration["bias"])
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
 def load_tokenizer(path: Path):
