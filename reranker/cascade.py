@@ -160,6 +160,7 @@ class CascadeReranker:
         self.variant = self.first.variant
         self.latency = CascadeLatency(self)
         self.last_timings: dict[str, float] = {}
+        self.last_rescored = 0
 
     @property
     def name(self) -> str:
@@ -183,22 +184,31 @@ class CascadeReranker:
         raise AttributeError(name)
 
     # scoring
-    def score(self, query: str, texts: Sequence[str]) -> Scores:
+    # scoring; ``second_k`` (at most the config's): how many the second stage rescores this time
+    # (a latency budget's choice, :meth:`CascadeLatency.split`); 0 leaves the first stage's order
+    def score(self, query: str, texts: Sequence[str], *, second_k: int | None = None) -> Scores:
         t0 = time.perf_counter()
         first = self.first.score(query, texts)
-        return self._second(query, list(texts), first, t0)
+        return self._second(query, list(texts), first, t0, second_k)
 
     def score_products(
-        self, query: str, products: Sequence[Product], token_ids: Sequence[np.ndarray] | None = None
+        self,
+        query: str,
+        products: Sequence[Product],
+        token_ids: Sequence[np.ndarray] | None = None,
+        *,
+        second_k: int | None = None,
     ) -> Scores:
         """``token_ids``: the first stage's stored forms of the products (an index's, same
         ``token_key``); the second stage reads the products' text."""
         t0 = time.perf_counter()
         first = self.first.score_products(query, products, token_ids)
         texts = [p.text(self.config.fields) for p in products]
-        return self._second(query, texts, first, t0)
+        return self._second(query, texts, first, t0, second_k)
 
-    def score_pairs(self, queries: Sequence[str], texts: Sequence[str]) -> Scores:
+    def score_pairs(
+        self, queries: Sequence[str], texts: Sequence[str], *, second_k: int | None = None
+    ) -> Scores:
         """Pairs of several queries (the service's batches): the cascade runs per query."""
         if len(queries) != len(texts):
             raise ValueError(f"{len(queries)} queries but {len(texts)} texts")
@@ -208,17 +218,23 @@ class CascadeReranker:
         for i, q in enumerate(queries):
             groups.setdefault(q, []).append(i)
         for q, rows in groups.items():
-            s = self.score(q, [texts[i] for i in rows])
+            s = self.score(q, [texts[i] for i in rows], second_k=second_k)
             raw[rows], probability[rows] = s.raw, s.probability
         return Scores(raw, probability)
 
-    def _second(self, query: str, texts: list[str], first: Scores, t0: float) -> Scores:
+    def _second(
+        self, query: str, texts: list[str], first: Scores, t0: float, second_k: int | None
+    ) -> Scores:
         n = len(texts)
         t1 = time.perf_counter()
-        if n == 0:
+        k2 = self.second_k if second_k is None else max(0, min(int(second_k), self.second_k))
+        #: how many the second stage rescored in the last call
+        self.last_rescored = min(n, k2)
+        if n == 0 or k2 == 0:
+            self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": 0.0}
             return first
         order = np.argsort(-first.raw, kind="stable")
-        head, rest = order[: self.second_k], order[self.second_k :]
+        head, rest = order[:k2], order[k2:]
         second = self.second.score(query, [texts[i] for i in head])
         raw = np.empty(n, dtype=np.float32)
         probability = np.empty(n, dtype=np.float32)
@@ -270,16 +286,23 @@ class CascadeLatency:
             min(pairs, c.second_k)
         )
 
+    def split(self, budget_ms: float, k_max: int) -> tuple[int, int]:
+        """What fits ``budget_ms`` out of ``k_max`` candidates: ``(n, m)``, the first stage on
+        the top ``n``, the second on the first's best ``m`` (≤ ``second_k``). The cheap first
+        stage keeps every candidate as long as it fits; the budget shrinks the second stage
+        first (a tighter budget would otherwise leave most candidates in first-stage order
+        to keep the costly rescoring of a few)."""
+        c = self.cascade
+        k_max = max(k_max, 0)
+        first = c.first.latency
+        if not k_max or first.predict_ms(k_max) > budget_ms:
+            return first.k_for(budget_ms, k_max), 0
+        left = budget_ms - first.predict_ms(k_max)
+        return k_max, c.second.latency.k_for(left, min(k_max, c.second_k))
+
     def k_for(self, budget_ms: float, k_max: int) -> int:
-        """The most pairs (≤ ``k_max``) predicted to score within ``budget_ms``."""
-        lo, hi = 0, max(k_max, 0)
-        while lo < hi:  # the cost grows with n: the largest n that fits
-            mid = (lo + hi + 1) // 2
-            if self.predict_ms(mid) <= budget_ms:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        """The most candidates (≤ ``k_max``) scored within ``budget_ms`` (:meth:`split`)."""
+        return self.split(budget_ms, k_max)[0]
 
 
 def _json(path: Path) -> object:

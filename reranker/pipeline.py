@@ -51,6 +51,8 @@ class SearchResponse:
     timings: Timings
     model: str | None = None
     reranked_k: int = 0  # how many of the candidates the model scored (the rest: first-stage order)
+    #: a cascade: how many of those its second stage rescored (None: a single model)
+    rescored_k: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class SearchResponse:
             "model": self.model,
             "candidates": self.candidates,
             "reranked_k": self.reranked_k,
+            "rescored_k": self.rescored_k,
             "timings": asdict(self.timings),
             "results": [r.to_dict() for r in self.results],
         }
@@ -160,12 +163,17 @@ class SearchPipeline:
         candidates = self.retriever.retrieve(query, k)
         t1 = time.perf_counter()
         k_model = len(candidates) if rerank and self.reranker is not None else 0
+        second_k = None  # a cascade's second stage: its own count unless a budget cuts it
         if k_model and budget_ms is not None:
             left = budget_ms - (t1 - t0) * 1e3
-            k_model = self.reranker.calibrate_latency().k_for(left, len(candidates))
+            latency = self.reranker.calibrate_latency()
+            if hasattr(latency, "split"):  # a cascade: its costly second stage shrinks first
+                k_model, second_k = latency.split(left, len(candidates))
+            else:
+                k_model = latency.k_for(left, len(candidates))
         use_model = k_model > 0
         if use_model:
-            results = self._rerank(query, candidates[:k_model])
+            results = self._rerank(query, candidates[:k_model], second_k)
             results += [
                 _result(c, rank) for rank, c in enumerate(candidates[k_model:], k_model + 1)
             ]
@@ -182,14 +190,27 @@ class SearchPipeline:
             ),
             model=self.reranker.name if use_model else None,
             reranked_k=k_model,
+            rescored_k=self._rescored(k_model, second_k) if use_model else None,
         )
 
-    def _rerank(self, query: str, candidates: list[Candidate]) -> list[SearchResult]:
+    def _rescored(self, k_model: int, second_k: int | None) -> int | None:
+        full = getattr(self.reranker, "second_k", None)  # only a cascade has a second stage
+        if full is None:
+            return None
+        return min(k_model, full if second_k is None else second_k)
+
+    def _rerank(
+        self, query: str, candidates: list[Candidate], second_k: int | None = None
+    ) -> list[SearchResult]:
         assert self.reranker is not None
         ids = None
         if self.product_tokens is not None and all(c.row is not None for c in candidates):
             ids = self.product_tokens.rows([c.row for c in candidates])
-        scores = self.reranker.score_products(query, [c.product for c in candidates], ids)
+        products = [c.product for c in candidates]
+        if second_k is None:
+            scores = self.reranker.score_products(query, products, ids)
+        else:
+            scores = self.reranker.score_products(query, products, ids, second_k=second_k)
         order = sorted(
             range(len(candidates)), key=lambda i: (-scores.raw[i], candidates[i].product.id)
         )

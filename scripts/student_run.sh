@@ -30,6 +30,7 @@ AUG=${AUG:-$TEACHER/augmented-*.parquet}
 PHASE=${PHASE:-shipped}
 ARCHS=${ARCHS:-"late cross"}                      # PHASE=shipped: which of the two
 SEEDS=${SEEDS:-"13 14 15"}
+SEED=${SEED:-13}                          # PHASE=shipped: the run's seed (initialisation, order, augmented draw)
 STUDY_SIZES=${STUDY_SIZES:-"0 1 2 4 8"}
 STUDY_PART=${STUDY_PART:-0.125}           # of the members' queries: x8 fits in 2 cores x 1 hour
 THREADS=${THREADS:-2}
@@ -76,7 +77,7 @@ if [ "$PHASE" = shipped ]; then
     step "$name: all of train's scores (minus the held-out slice) + the augmented shards"
     [ -f "$ST/$name/distill_args.json" ] || timed "$name" reranker distill \
       --labelled "$ST/scores_members.parquet" --augmented "$AUG" ${AUG_SIZE:+--augment-size "$AUG_SIZE"} \
-      --catalog "$DATA/products.parquet" "${args[@]}" --epochs 1 --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
+      --catalog "$DATA/products.parquet" "${args[@]}" --epochs 1 --seed "$SEED" --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
     export_student "$name"
     evaluate "$name" int8 --e2e
     evaluate "$name" fp32

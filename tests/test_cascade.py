@@ -127,8 +127,10 @@ def test_latency_of_a_cascade_counts_both_stages(cascade_dir):
     assert latency.calibrated
     first, second = cascade.first.latency, cascade.second.latency
     assert latency.predict_ms(50) == pytest.approx(first.predict_ms(50) + second.predict_ms(3))
-    k = latency.k_for(latency.predict_ms(40), 100)
-    assert 40 <= k <= 100 and latency.predict_ms(k) <= latency.predict_ms(40) + 1e-9
+    budget = latency.predict_ms(40)
+    k, m = latency.split(budget, 100)
+    assert 40 <= k <= 100 and k == latency.k_for(budget, 100) and 0 <= m <= 3
+    assert first.predict_ms(k) + second.predict_ms(m) <= budget + 1e-9
     assert latency.k_for(0.0, 100) == 0
 
 
@@ -196,3 +198,78 @@ def test_blended_head_and_its_calibration(
     expected = 1 / (1 + np.exp(-(stored["scale"] * again.raw[head] + stored["bias"])))
     assert again.probability[head] == pytest.approx(expected, abs=1e-5)
     assert again.probability[rest] == pytest.approx(first.probability[rest], abs=1e-6)
+
+
+def test_a_call_can_rescore_fewer_and_zero_leaves_the_first_order(cascade_dir, texts):
+    cascade = open_model(cascade_dir, variant="fp32")
+    first = cascade.first.score("cordless drill", texts)
+    second = cascade.second.score("cordless drill", texts)
+    by_first = list(np.argsort(-first.raw, kind="stable"))
+    one = cascade.score("cordless drill", texts, second_k=1)
+    assert cascade.last_rescored == 1
+    assert one.raw[by_first[0]] == pytest.approx(second.raw[by_first[0]], abs=1e-5)
+    assert list(np.argsort(-one.raw, kind="stable")) == by_first  # the rest keep the first order
+    none = cascade.score("cordless drill", texts, second_k=0)
+    assert none.raw == pytest.approx(first.raw) and cascade.last_rescored == 0
+    more = cascade.score("cordless drill", texts, second_k=50)  # never above the config's 3
+    assert more.raw == pytest.approx(cascade.score("cordless drill", texts).raw)
+    assert cascade.last_rescored == 3
+
+
+def _freeze_costs(cascade) -> None:
+    """Frozen cost lines: the first stage 100 ms + 10 ms a pair, the second 100 + 200 a pair."""
+    for stage, (fixed, per) in ((cascade.first, (100.0, 10.0)), (cascade.second, (100.0, 200.0))):
+        stage.latency.fixed_ms, stage.latency.per_pair_ms, stage.latency.alpha = fixed, per, 0.0
+
+
+def test_a_budget_shrinks_the_second_stage_before_the_candidates(
+    cascade_dir, catalog_csv, tmp_path
+):
+    import types
+
+    import reranker.pipeline as pipeline_module
+
+    cascade = open_model(cascade_dir, variant="fp32")
+    latency = cascade.calibrate_latency()
+    _freeze_costs(cascade)
+    assert latency.split(1e9, 20) == (20, 3)
+    assert latency.split(300 + 400, 20) == (20, 1)  # 300 ms for all 20, 400 left: one rescored
+    assert latency.split(300, 20) == (20, 0)  # only the first stage fits
+    assert latency.split(150, 20) == (5, 0)  # not even that: its top 5
+    assert latency.k_for(700, 20) == 20
+
+    index_catalog(catalog_csv, tmp_path / "idx", model=cascade)
+    index = BM25Index.load(tmp_path / "idx")
+    pipeline = SearchPipeline(index, cascade, k=20, n=20)
+    full = pipeline.search("cordless drill")
+    n = full.candidates
+    assert n > 3 and full.reranked_k == n and full.rescored_k == 3
+    budget = 100 + 10 * n + 400  # the first stage on all n, 400 ms left: one rescored
+    real = pipeline_module.time
+    pipeline_module.time = types.SimpleNamespace(perf_counter=lambda: 0.0)  # retrieval: 0 ms
+    try:
+        cut = pipeline.search("cordless drill", budget_ms=budget)
+    finally:
+        pipeline_module.time = real
+    assert cut.reranked_k == n and cut.rescored_k == 1 and cut.to_dict()["rescored_k"] == 1
+    cands = index.retrieve("cordless drill", 20)
+    texts = [c.product.text(("brand",)) for c in cands]
+    one = cascade.score("cordless drill", texts, second_k=1).raw
+    by_id = {c.product.id: float(s) for c, s in zip(cands, one, strict=True)}
+    assert [r.rerank_score for r in cut.results] == pytest.approx(
+        [by_id[r.product_id] for r in cut.results], abs=1e-5
+    )
+
+    # the service cuts it the same way under a deadline: all scored, one rescored
+    app = create_app(cascade, index, ServiceSettings(k=20, n=20))
+    with TestClient(app) as c:
+        _freeze_costs(cascade)  # the service calibrated the costs again at start
+        # 80% of what is left of the deadline is the budget: one rescored unless the request
+        # spent 125 ms before the model
+        body = c.post(
+            "/search", json={"query": "cordless drill", "deadline_ms": budget / 0.8}
+        ).json()
+    assert body["reranked"] and body["reranked_k"] == n
+    assert [r["rerank_score"] for r in body["results"]] == pytest.approx(
+        [by_id[r["product_id"]] for r in body["results"]], abs=1e-5
+    )

@@ -114,6 +114,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     cancelled: bool = False
     ids: tuple[np.ndarray, list[np.ndarray]] | None = None  # (query ids, stored product ids)
+    second_k: int | None = None  # a cascade's second stage, cut by the deadline (None: all)
 
     @property
     def pairs(self) -> int:
@@ -155,12 +156,14 @@ class Batcher:
         texts: list[str],
         timeout_s: float,
         ids: tuple[np.ndarray, list[np.ndarray]] | None = None,
+        second_k: int | None = None,
     ) -> np.ndarray:
         """Scores as a (2, pairs) array, raw scores then the model's probabilities, or
         DeadlineExceeded after ``timeout_s``; model errors propagate. ``ids``: the query's and
-        the products' token ids (stored with the index) instead of texts."""
+        the products' token ids (stored with the index) instead of texts. ``second_k``: how
+        many a cascade's second stage rescores (its own count when None)."""
         loop = asyncio.get_running_loop()
-        job = _Job(queries, texts, loop.create_future(), loop, ids=ids)
+        job = _Job(queries, texts, loop.create_future(), loop, ids=ids, second_k=second_k)
         self._add_pending(job.pairs)
         self._queue.put(job)
         try:
@@ -217,6 +220,11 @@ class Batcher:
         """Raw scores and probabilities, stacked: the model's own probabilities (a cascade's
         depend on which stage placed a product, not on the raw score alone)."""
         if not hasattr(self.model, "score_ids"):  # any object with score_pairs will do
+            if any(j.second_k is not None for j in batch):  # a cascade cut by a deadline
+                parts = [
+                    self.model.score_pairs(j.queries, j.texts, second_k=j.second_k) for j in batch
+                ]
+                return np.concatenate([np.stack([s.raw, s.probability]) for s in parts], axis=1)
             queries = [q for j in batch for q in j.queries]
             s = self.model.score_pairs(queries, [t for j in batch for t in j.texts])
             return np.stack([s.raw, s.probability])
@@ -378,16 +386,20 @@ class Scoring:
         if self.latency is not None and hasattr(model, "calibrate_latency"):
             model.calibrate_latency()  # before the first request, so k fits from the start
 
-    def fitting(self, count: int, deadline_ms: float | None, t0: float) -> int:
+    def fitting(self, count: int, deadline_ms: float | None, t0: float) -> tuple[int, int | None]:
         """How many of ``count`` candidates the model can score before the deadline, given
-        what is queued ahead (all of them when the service is not adaptive)."""
+        what is queued ahead (all of them when the service is not adaptive), and for a cascade
+        how many its second stage can rescore (None: as configured)."""
         if self.latency is None or self.batcher is None:
-            return count
+            return count, None
         left = (deadline_ms or self.settings.deadline_ms) - (time.perf_counter() - t0) * 1e3
-        return self.latency.k_for(0.8 * left - self.batcher.pending_ms(), count)
+        budget = 0.8 * left - self.batcher.pending_ms()
+        if hasattr(self.latency, "split"):  # a cascade: the costly second stage shrinks first
+            return self.latency.split(budget, count)
+        return self.latency.k_for(budget, count), None
 
     async def scores(
-        self, queries, texts, deadline_ms, t0, ids=None
+        self, queries, texts, deadline_ms, t0, ids=None, second_k=None
     ) -> tuple[np.ndarray | None, str | None]:
         metrics, settings = self.metrics, self.settings
         if self.batcher is None:
@@ -399,7 +411,7 @@ class Scoring:
             return None, f"no candidate could be scored within the {limit:g} ms deadline"
         budget = (deadline_ms or settings.deadline_ms) / 1e3 - (time.perf_counter() - t0)
         try:
-            return await self.batcher.score(queries, texts, budget, ids), None
+            return await self.batcher.score(queries, texts, budget, ids, second_k), None
         except DeadlineExceeded:
             metrics.fallbacks.labels("deadline").inc()
             limit = deadline_ms or settings.deadline_ms
@@ -422,14 +434,16 @@ class Scoring:
         """Rank ``count`` documents for ``query``: the head that fits the deadline is scored
         (``ids(k)``: stored token ids of the first k, or None; else ``texts(k)``), ordered by
         score (ties by ``tie_key``), and the rest follow in the order given."""
-        k = self.fitting(count, deadline_ms, t0)
+        k, second_k = self.fitting(count, deadline_ms, t0)
         raw, scored, reason = None, None, None
         if count:
             # stored forms only for a model that scores them (a cascade's second stage reads text)
             by_ids = ids is not None and hasattr(self.model, "score_ids")
             stored = ids(k) if by_ids else None
             head = [] if stored is not None else (texts(k) if texts is not None else [])
-            scored, reason = await self.scores([query] * len(head), head, deadline_ms, t0, stored)
+            scored, reason = await self.scores(
+                [query] * len(head), head, deadline_ms, t0, stored, second_k
+            )
         order = list(range(count))
         probability = None
         if scored is not None:
