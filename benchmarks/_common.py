@@ -125,3 +125,25 @@ def start_service(port: int, *args: str):
             time.sleep(0.1)
     proc.terminate()
     raise RuntimeError(f"reranker serve did not answer at {url}")
+
+
+def index_args(ap, n_queries: int, rounds: int) -> None:
+    """The options of a benchmark timed on an existing index's candidates for dev queries."""
+    ap.add_argument("--index-dir", required=True)
+    ap.add_argument("--queries", required=True)
+    ap.add_argument("--n-queries", type=int, default=n_queries)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("-k", type=int, default=100)
+
+
+def index_candidates(args):
+    """The index, every ``len // n_queries``-th of the sorted unique queries, and each one's
+    first-stage top k."""
+    import pyarrow.parquet as pq
+
+    from reranker import BM25Index
+
+    index = BM25Index.load(args.index_dir)
+    queries = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
+    queries = queries[:: max(1, len(queries) // args.n_queries)]
+    return index, queries, {q: index.retrieve(q, args.k) for q in queries}

@@ -14,25 +14,18 @@ import argparse
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
+from _common import index_args, index_candidates
 
-from reranker import BM25Index, SearchPipeline, open_model
+from reranker import SearchPipeline, open_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index-dir", required=True)
-    ap.add_argument("--queries", required=True)
+    index_args(ap, n_queries=150, rounds=3)
     ap.add_argument("--model", action="append", required=True, help="NAME=DIR")
-    ap.add_argument("--n-queries", type=int, default=150)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("-k", type=int, default=100)
     args = ap.parse_args()
 
-    index = BM25Index.load(args.index_dir)
-    queries = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
-    queries = queries[:: max(1, len(queries) // args.n_queries)]
-    cands = {q: index.retrieve(q, args.k) for q in queries}
+    index, queries, cands = index_candidates(args)
     models = {}
     for spec in args.model:
         name, path = spec.split("=", 1)

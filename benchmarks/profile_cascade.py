@@ -18,27 +18,19 @@ import argparse
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
+from _common import index_args, index_candidates
 
-from reranker import BM25Index
 from reranker.cascade import CascadeReranker
 from reranker.models import open_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--index-dir", required=True)
-    ap.add_argument("--queries", required=True)
+    index_args(ap, n_queries=100, rounds=2)
     ap.add_argument("--model", default="reranker/models/default", help="a cascade directory")
-    ap.add_argument("--n-queries", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("-k", type=int, default=100)
     args = ap.parse_args()
 
-    index = BM25Index.load(args.index_dir)
-    queries = sorted(set(pq.read_table(args.queries, columns=["query"]).column(0).to_pylist()))
-    queries = queries[:: max(1, len(queries) // args.n_queries)]
-    cands = {q: index.retrieve(q, args.k) for q in queries}
+    index, queries, cands = index_candidates(args)
     shipped = CascadeReranker(args.model)
     second_dir = shipped.second.model_dir
     spin = CascadeReranker(args.model)
