@@ -6,7 +6,7 @@ The package ships students as *profiles*, selectable by name wherever a model di
 accepted (``--model accurate``, ``open_model("accurate")``, ``RERANKER_MODEL=accurate``):
 
 - ``default`` (also ``fast``): a cascade (:mod:`reranker.cascade`) of the two below: the late
-  student on every candidate, the cross-encoder on its best 10; what every command uses without
+  student on every candidate, the cross-encoder on its best 20; what every command uses without
   ``--model``, within the 30 ms budget for 100 candidates.
 - ``late``: the late-interaction student alone, 100 candidates in a few milliseconds (product
   states stored with the index).
