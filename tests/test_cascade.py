@@ -269,7 +269,7 @@ def test_a_budget_shrinks_the_second_stage_before_the_candidates(
         body = c.post(
             "/search", json={"query": "cordless drill", "deadline_ms": budget / 0.8}
         ).json()
-    assert body["reranked"] and body["reranked_k"] == n
+    assert body["reranked"] and body["reranked_k"] == n and body["rescored_k"] == 1
     assert [r["rerank_score"] for r in body["results"]] == pytest.approx(
         [by_id[r["product_id"]] for r in body["results"]], abs=1e-5
     )

@@ -342,6 +342,8 @@ class Ranking:
     scored: int
     reason: str | None
     seconds: float
+    #: a cascade: how many of the scored its second stage rescored (None: a single model)
+    rescored: int | None = None
 
     @property
     def reranked(self) -> bool:
@@ -449,6 +451,10 @@ class Scoring:
         if scored is not None:
             raw, probability = scored
             order[:k] = sorted(range(k), key=lambda i: (-raw[i], tie_key(i)))
+        full = getattr(self.model, "second_k", None)  # only a cascade has a second stage
+        rescored = None
+        if raw is not None and full is not None:
+            rescored = min(k, full if second_k is None else second_k)
         return Ranking(
             order,
             raw,
@@ -456,4 +462,5 @@ class Scoring:
             k if raw is not None else 0,
             reason,
             time.perf_counter() - t0,
+            rescored,
         )

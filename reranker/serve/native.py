@@ -41,6 +41,7 @@ class RerankResponse(BaseModel):
     results: list[RerankResult]
     reranked: bool
     reranked_k: int = 0  # documents the model scored; the rest follow in the order given
+    rescored_k: int | None = None  # a cascade: how many of those its second stage rescored
     fallback_reason: str | None = None
     model: str | None
     timings: dict[str, float]
@@ -92,6 +93,7 @@ async def rerank_native(req: RerankRequest, core: Scoring) -> RerankResponse:
         results=results,
         reranked=ranking.reranked,
         reranked_k=ranking.scored,
+        rescored_k=ranking.rescored,
         **({"fallback_reason": ranking.reason} if ranking.reason else {}),
         model=core.model_name,
         timings={"rerank_ms": (t1 - t0) * 1e3, "total_ms": (time.perf_counter() - t0) * 1e3},
@@ -197,6 +199,7 @@ def register(app: FastAPI, core: Scoring, retriever, tokens) -> None:
             "model": core.model_name,
             "candidates": len(candidates),
             "reranked_k": ranking.scored,
+            "rescored_k": ranking.rescored,
             "results": [item(i, r) for r, i in enumerate(ranking.order[:n], start=1)],
             "timings": {
                 "retrieve_ms": (t1 - t0) * 1e3,
