@@ -19,6 +19,10 @@ With ``first_weight`` *w* > 0 the rescored products are ordered by a blend of th
 ``calibration`` (``reranker calibrate`` of the cascade: Platt scaling of that blend) their
 probability is ``sigmoid(scale * blend + bias)``.
 
+Under a latency budget (``--budget-ms``, the service's deadline) the second stage shrinks first:
+the first keeps every candidate while it fits, the second rescores as many of its best as the
+rest of the budget allows (:meth:`CascadeLatency.split`).
+
 ``reranker cascade FIRST SECOND --second-k 20 [--first-weight 0.5] --output DIR`` writes one.
 """
 
@@ -160,6 +164,7 @@ class CascadeReranker:
         self.variant = self.first.variant
         self.latency = CascadeLatency(self)
         self.last_timings: dict[str, float] = {}
+        #: how many the second stage rescored in the last call
         self.last_rescored = 0
 
     @property
@@ -183,7 +188,6 @@ class CascadeReranker:
             return getattr(self.first, name)
         raise AttributeError(name)
 
-    # scoring
     # scoring; ``second_k`` (at most the config's): how many the second stage rescores this time
     # (a latency budget's choice, :meth:`CascadeLatency.split`); 0 leaves the first stage's order
     def score(self, query: str, texts: Sequence[str], *, second_k: int | None = None) -> Scores:
@@ -228,7 +232,6 @@ class CascadeReranker:
         n = len(texts)
         t1 = time.perf_counter()
         k2 = self.second_k if second_k is None else max(0, min(int(second_k), self.second_k))
-        #: how many the second stage rescored in the last call
         self.last_rescored = min(n, k2)
         if n == 0 or k2 == 0:
             self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": 0.0}
@@ -269,7 +272,8 @@ class CascadeReranker:
 class CascadeLatency:
     """The cost of a cascade call of ``n`` pairs: the first stage on ``n``, the second on
     ``min(n, second_k)``, each from its stage's own :class:`LatencyModel` (which its calls keep
-    current). Answers like a :class:`LatencyModel` (``predict_ms``, ``k_for``)."""
+    current). Answers like a :class:`LatencyModel` (``predict_ms``, ``k_for``); ``split`` says how
+    a budget divides between the stages."""
 
     def __init__(self, cascade: CascadeReranker) -> None:
         self.cascade = cascade
