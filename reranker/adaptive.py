@@ -58,3 +58,8 @@ class LatencyModel:
         if budget_ms <= self.fixed_ms or k_max <= 0:
             return 0
         return int(min(k_max, (budget_ms - self.fixed_ms) // max(self.per_pair_ms, 1e-6)))
+
+    def split(self, budget_ms: float, k_max: int) -> tuple[int, None]:
+        """``(k_for(...), None)``: a single model has no second stage to shrink (a cascade's
+        cost model answers with the count its second stage rescores)."""
+        return self.k_for(budget_ms, k_max), None

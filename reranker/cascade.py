@@ -164,8 +164,6 @@ class CascadeReranker:
         self.variant = self.first.variant
         self.latency = CascadeLatency(self)
         self.last_timings: dict[str, float] = {}
-        #: how many the second stage rescored in the last call
-        self.last_rescored = 0
 
     @property
     def name(self) -> str:
@@ -231,9 +229,8 @@ class CascadeReranker:
     ) -> Scores:
         n = len(texts)
         t1 = time.perf_counter()
-        k2 = self.second_k if second_k is None else max(0, min(int(second_k), self.second_k))
-        self.last_rescored = min(n, k2)
-        if n == 0 or k2 == 0:
+        k2 = self.rescored(n, second_k)
+        if k2 == 0:
             self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": 0.0}
             return first
         order = np.argsort(-first.raw, kind="stable")
@@ -254,6 +251,12 @@ class CascadeReranker:
         t2 = time.perf_counter()
         self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": (t2 - t1) * 1e3}
         return Scores(raw, probability)
+
+    def rescored(self, n: int, second_k: int | None = None) -> int:
+        """How many of ``n`` candidates the second stage rescores: ``second_k`` (a budget's
+        count), never more than the config's."""
+        k2 = self.second_k if second_k is None else max(0, min(int(second_k), self.second_k))
+        return min(n, k2)
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         """The probability of a rescored product's raw score: the cascade's calibration, else
@@ -309,6 +312,14 @@ class CascadeLatency:
         return self.split(budget_ms, k_max)[0]
 
 
+def rescored_count(model, scored: int, second_k: int | None = None) -> int | None:
+    """How many of the ``scored`` candidates a cascade's second stage rescores (``second_k``: a
+    budget's count); None for a model that is not a cascade."""
+    if not isinstance(model, CascadeReranker):
+        return None
+    return model.rescored(scored, second_k)
+
+
 def _json(path: Path) -> object:
     try:
         return json.loads(path.read_text())
@@ -323,4 +334,4 @@ def _variant(path: Path, variant: str | None) -> str | None:
     return variant if variant in files else None
 
 
-__all__ = ["CascadeConfig", "CascadeReranker", "is_cascade", "write_cascade"]
+__all__ = ["CascadeConfig", "CascadeReranker", "is_cascade", "rescored_count", "write_cascade"]

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from reranker.cascade import rescored_count
 from reranker.crossencoder import CrossEncoder
 from reranker.errors import ModelNotInstalledError, QueryError
 from reranker.index.base import Candidate, Retriever
@@ -166,11 +167,7 @@ class SearchPipeline:
         second_k = None  # a cascade's second stage: its own count unless a budget cuts it
         if k_model and budget_ms is not None:
             left = budget_ms - (t1 - t0) * 1e3
-            latency = self.reranker.calibrate_latency()
-            if hasattr(latency, "split"):  # a cascade: its costly second stage shrinks first
-                k_model, second_k = latency.split(left, len(candidates))
-            else:
-                k_model = latency.k_for(left, len(candidates))
+            k_model, second_k = self.reranker.calibrate_latency().split(left, len(candidates))
         use_model = k_model > 0
         if use_model:
             results = self._rerank(query, candidates[:k_model], second_k)
@@ -190,14 +187,8 @@ class SearchPipeline:
             ),
             model=self.reranker.name if use_model else None,
             reranked_k=k_model,
-            rescored_k=self._rescored(k_model, second_k) if use_model else None,
+            rescored_k=rescored_count(self.reranker, k_model, second_k) if use_model else None,
         )
-
-    def _rescored(self, k_model: int, second_k: int | None) -> int | None:
-        full = getattr(self.reranker, "second_k", None)  # only a cascade has a second stage
-        if full is None:
-            return None
-        return min(k_model, full if second_k is None else second_k)
 
     def _rerank(
         self, query: str, candidates: list[Candidate], second_k: int | None = None

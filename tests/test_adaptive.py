@@ -12,6 +12,7 @@ def test_k_for_a_budget_follows_the_cost_line():
     assert m.k_for(27.0, 40) == 40
     assert m.k_for(2.0, 200) == 0 and m.k_for(-5, 200) == 0
     assert m.predict_ms(100) == pytest.approx(27.0)
+    assert m.split(27.0, 200) == (100, None)  # no second stage to shrink
 
 
 def test_observed_calls_move_the_per_pair_cost():

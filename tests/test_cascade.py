@@ -206,14 +206,14 @@ def test_a_call_can_rescore_fewer_and_zero_leaves_the_first_order(cascade_dir, t
     second = cascade.second.score("cordless drill", texts)
     by_first = list(np.argsort(-first.raw, kind="stable"))
     one = cascade.score("cordless drill", texts, second_k=1)
-    assert cascade.last_rescored == 1
+    assert cascade.rescored(len(texts), 1) == 1 and cascade.rescored(2) == 2
     assert one.raw[by_first[0]] == pytest.approx(second.raw[by_first[0]], abs=1e-5)
     assert list(np.argsort(-one.raw, kind="stable")) == by_first  # the rest keep the first order
     none = cascade.score("cordless drill", texts, second_k=0)
-    assert none.raw == pytest.approx(first.raw) and cascade.last_rescored == 0
+    assert none.raw == pytest.approx(first.raw) and cascade.rescored(len(texts), 0) == 0
     more = cascade.score("cordless drill", texts, second_k=50)  # never above the config's 3
     assert more.raw == pytest.approx(cascade.score("cordless drill", texts).raw)
-    assert cascade.last_rescored == 3
+    assert cascade.rescored(len(texts), 50) == 3
 
 
 def _freeze_costs(cascade) -> None:

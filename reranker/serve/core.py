@@ -30,6 +30,7 @@ from prometheus_client import (  # noqa: E402
     Histogram,
 )
 
+from reranker.cascade import rescored_count  # noqa: E402
 from reranker.text import product_text  # noqa: E402
 
 
@@ -220,7 +221,9 @@ class Batcher:
         """Raw scores and probabilities, stacked: the model's own probabilities (a cascade's
         depend on which stage placed a product, not on the raw score alone)."""
         if not hasattr(self.model, "score_ids"):  # any object with score_pairs will do
-            if any(j.second_k is not None for j in batch):  # a cascade cut by a deadline
+            # a cascade under an adaptive deadline: each request with its own second-stage
+            # count (a cascade scores query by query anyway, so nothing is lost)
+            if any(j.second_k is not None for j in batch):
                 parts = [
                     self.model.score_pairs(j.queries, j.texts, second_k=j.second_k) for j in batch
                 ]
@@ -395,10 +398,7 @@ class Scoring:
         if self.latency is None or self.batcher is None:
             return count, None
         left = (deadline_ms or self.settings.deadline_ms) - (time.perf_counter() - t0) * 1e3
-        budget = 0.8 * left - self.batcher.pending_ms()
-        if hasattr(self.latency, "split"):  # a cascade: the costly second stage shrinks first
-            return self.latency.split(budget, count)
-        return self.latency.k_for(budget, count), None
+        return self.latency.split(0.8 * left - self.batcher.pending_ms(), count)
 
     async def scores(
         self, queries, texts, deadline_ms, t0, ids=None, second_k=None
@@ -451,10 +451,6 @@ class Scoring:
         if scored is not None:
             raw, probability = scored
             order[:k] = sorted(range(k), key=lambda i: (-raw[i], tie_key(i)))
-        full = getattr(self.model, "second_k", None)  # only a cascade has a second stage
-        rescored = None
-        if raw is not None and full is not None:
-            rescored = min(k, full if second_k is None else second_k)
         return Ranking(
             order,
             raw,
@@ -462,5 +458,5 @@ class Scoring:
             k if raw is not None else 0,
             reason,
             time.perf_counter() - t0,
-            rescored,
+            rescored_count(self.model, k, second_k) if raw is not None else None,
         )
