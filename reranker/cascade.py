@@ -3,7 +3,7 @@
 A cascade directory holds only ``reranker.json``::
 
     {"format": "kd-reranker-cascade", "format_version": 1,
-     "first": "../late", "second": "../accurate", "second_k": 20, "metadata": {"name": ...}}
+     "first": "../late", "second": "../cross", "second_k": 20, "metadata": {"name": ...}}
 
 ``first`` and ``second`` are model directories (paths relative to the cascade's own directory,
 so a cascade can point at its siblings, as the shipped ``default`` profile does). Both must read
@@ -11,7 +11,8 @@ the same product text (the same ``fields``). For each query the first stage scor
 candidates (a late student: from the states stored with the index, a few milliseconds for 100);
 the ``second_k`` it ranks highest are rescored by the second stage (a full cross-encoder) and
 ordered by it, above the others, which keep the first stage's order. Each result's probability is
-that of the stage that placed it (each stage calibrated on its own).
+that of the stage that placed it (each stage calibrated on its own). ``"second_k": null`` rescores
+every candidate (the shipped ``accurate`` profile: the two students blended over all of them).
 
 With ``first_weight`` *w* > 0 the rescored products are ordered by a blend of the two students,
 ``second raw + w * first raw`` (two students that err differently: the shipped default's
@@ -23,7 +24,7 @@ Under a latency budget (``--budget-ms``, the service's deadline) the second stag
 the first keeps every candidate while it fits, the second rescores as many of its best as the
 rest of the budget allows (:meth:`CascadeLatency.split`).
 
-``reranker cascade FIRST SECOND --second-k 20 [--first-weight 0.5] --output DIR`` writes one.
+``reranker cascade FIRST SECOND --second-k 20|all [--first-weight 0.5] --output DIR`` writes one.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ FORMAT_VERSION = 1
 class CascadeConfig:
     first: str
     second: str
-    second_k: int = 20
+    #: how many of the first stage's best the second rescores; ``None``: every candidate (the
+    #: second stage's order over all of them, blended with the first's when ``first_weight``)
+    second_k: int | None = 20
     #: the rescored products' score: second raw + first_weight * first raw
     first_weight: float = 0.0
     #: Platt scaling of the rescored products' score (``scale``, ``bias``); empty: the
@@ -77,8 +80,12 @@ class CascadeConfig:
             cfg = cls(**raw)
         except TypeError as exc:
             raise ModelError(f"{path} has unexpected settings: {exc}") from None
-        if not isinstance(cfg.second_k, int) or cfg.second_k < 1:
-            raise ModelError(f"{path}: second_k must be a positive integer, not {cfg.second_k!r}")
+        if cfg.second_k is not None and (
+            not isinstance(cfg.second_k, int) or isinstance(cfg.second_k, bool) or cfg.second_k < 1
+        ):
+            raise ModelError(
+                f"{path}: second_k must be a positive integer or null (all), not {cfg.second_k!r}"
+            )
         if not isinstance(cfg.first_weight, int | float) or cfg.first_weight < 0:
             raise ModelError(f"{path}: first_weight must be a number ≥ 0, not {cfg.first_weight!r}")
         if cfg.calibration and not all(
@@ -96,11 +103,12 @@ def write_cascade(
     output: str | Path,
     first: str | Path,
     second: str | Path,
-    second_k: int,
+    second_k: int | None,
     name: str | None,
     first_weight: float = 0.0,
 ) -> Path:
-    """A cascade directory at ``output`` over two model directories (stored relative to it)."""
+    """A cascade directory at ``output`` over two model directories (stored relative to it);
+    ``second_k`` ``None``: the second stage rescores every candidate."""
     out = Path(output)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -254,9 +262,9 @@ class CascadeReranker:
 
     def rescored(self, n: int, second_k: int | None = None) -> int:
         """How many of ``n`` candidates the second stage rescores: ``second_k`` (a budget's
-        count), never more than the config's."""
-        k2 = self.second_k if second_k is None else max(0, min(int(second_k), self.second_k))
-        return min(n, k2)
+        count), never more than the config's (all ``n`` when the config's is ``None``)."""
+        cap = n if self.second_k is None else min(n, self.second_k)
+        return cap if second_k is None else max(0, min(int(second_k), cap))
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         """The probability of a rescored product's raw score: the cascade's calibration, else
@@ -289,9 +297,7 @@ class CascadeLatency:
         c = self.cascade
         if pairs <= 0:
             return 0.0
-        return c.first.latency.predict_ms(pairs) + c.second.latency.predict_ms(
-            min(pairs, c.second_k)
-        )
+        return c.first.latency.predict_ms(pairs) + c.second.latency.predict_ms(c.rescored(pairs))
 
     def split(self, budget_ms: float, k_max: int) -> tuple[int, int]:
         """What fits ``budget_ms`` out of ``k_max`` candidates: ``(n, m)``, the first stage on
@@ -305,7 +311,7 @@ class CascadeLatency:
         if not k_max or first.predict_ms(k_max) > budget_ms:
             return first.k_for(budget_ms, k_max), 0
         left = budget_ms - first.predict_ms(k_max)
-        return k_max, c.second.latency.k_for(left, min(k_max, c.second_k))
+        return k_max, c.second.latency.k_for(left, c.rescored(k_max))
 
     def k_for(self, budget_ms: float, k_max: int) -> int:
         """The most candidates (≤ ``k_max``) scored within ``budget_ms`` (:meth:`split`)."""

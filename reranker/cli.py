@@ -207,7 +207,7 @@ def model_options(f):
         "model_dir",
         type=click.Path(path_type=Path),
         help="Model directory written by `reranker export`, or a shipped profile: default "
-        "(alias fast) or accurate (default: $RERANKER_MODEL or the shipped default).",
+        "(alias fast), accurate, late or cross (default: $RERANKER_MODEL or the shipped default).",
     )(f)
 
 
@@ -640,10 +640,11 @@ def serve_cmd(
 @click.argument("second", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(
     "--second-k",
-    default=20,
+    default="20",
     show_default=True,
-    type=click.IntRange(min=1),
-    help="How many of the first stage's best candidates the second stage rescores.",
+    callback=lambda ctx, param, value: _second_k(value),
+    help="How many of the first stage's best candidates the second stage rescores, or 'all' "
+    "(every candidate: the two students' blend over all of them).",
 )
 @click.option("--output", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
@@ -663,7 +664,20 @@ def cascade_cmd(first, second, second_k, first_weight, output, name) -> None:
 
     out = write_cascade(output, first, second, second_k, name, first_weight=first_weight)
     blend = f" (+ {first_weight} x the first's score)" if first_weight else ""
-    click.echo(f"cascade {out}: {first} on every candidate, {second}{blend} on its best {second_k}")
+    which = "every candidate" if second_k is None else f"its best {second_k}"
+    click.echo(f"cascade {out}: {first} on every candidate, {second}{blend} on {which}")
+
+
+def _second_k(value: str) -> int | None:
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise click.BadParameter(f"{value!r} is neither a positive integer nor 'all'")
+    return k
 
 
 @main.command("opensearch-pipeline")

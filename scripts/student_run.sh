@@ -31,6 +31,7 @@ PHASE=${PHASE:-shipped}
 ARCHS=${ARCHS:-"late cross"}                      # PHASE=shipped: which of the two
 SEEDS=${SEEDS:-"13 14 15"}
 SEED=${SEED:-13}                          # PHASE=shipped: the run's seed (initialisation, order, augmented draw)
+LAYERS=${LAYERS:-}                        # PHASE=shipped: keep only the first N transformer layers (e.g. 3)
 STUDY_SIZES=${STUDY_SIZES:-"0 1 2 4 8"}
 STUDY_PART=${STUDY_PART:-0.125}           # of the members' queries: x8 fits in 2 cores x 1 hour
 THREADS=${THREADS:-2}
@@ -77,7 +78,7 @@ if [ "$PHASE" = shipped ]; then
     step "$name: all of train's scores (minus the held-out slice) + the augmented shards"
     [ -f "$ST/$name/distill_args.json" ] || timed "$name" reranker distill \
       --labelled "$ST/scores_members.parquet" --augmented "$AUG" ${AUG_SIZE:+--augment-size "$AUG_SIZE"} \
-      --catalog "$DATA/products.parquet" "${args[@]}" --epochs 1 --seed "$SEED" --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
+      --catalog "$DATA/products.parquet" "${args[@]}" ${LAYERS:+--layers "$LAYERS"} --epochs 1 --seed "$SEED" --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
     export_student "$name"
     evaluate "$name" int8 --e2e
     evaluate "$name" fp32

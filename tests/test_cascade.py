@@ -49,6 +49,12 @@ def cascade_dir(tmp_path_factory, late_student, cross_brand):  # noqa: F811
     return out
 
 
+def _cascade_cli(first, second, out, *options):
+    """`reranker cascade FIRST SECOND --output OUT OPTIONS...`"""
+    args = ["cascade", str(first), str(second), "--output", str(out), *options]
+    return CliRunner().invoke(main, args, env={"RERANKER_MODEL": ""})
+
+
 @pytest.fixture(scope="module")
 def texts(catalog_csv):
     return [p.text(("brand",)) for p in read_catalog(catalog_csv).products[:9]]
@@ -162,12 +168,7 @@ def test_blended_head_and_its_calibration(
     write_judged,
 ):
     out = tmp_path / "blend"
-    r = CliRunner().invoke(
-        main,
-        ["cascade", str(late_student[1]), str(cross_brand), "--second-k", "3"]
-        + ["--first-weight", "0.5", "--output", str(out)],
-        env={"RERANKER_MODEL": ""},
-    )
+    r = _cascade_cli(late_student[1], cross_brand, out, "--second-k", "3", "--first-weight", "0.5")
     assert r.exit_code == 0 and "(+ 0.5 x the first's score)" in r.output, r.output
     cascade = open_model(out, variant="fp32")
     first = cascade.first.score("cordless drill", texts)
@@ -214,6 +215,33 @@ def test_a_call_can_rescore_fewer_and_zero_leaves_the_first_order(cascade_dir, t
     more = cascade.score("cordless drill", texts, second_k=50)  # never above the config's 3
     assert more.raw == pytest.approx(cascade.score("cordless drill", texts).raw)
     assert cascade.rescored(len(texts), 50) == 3
+
+
+def test_all_rescores_every_candidate_and_a_budget_still_cuts_it(
+    late_student,  # noqa: F811
+    cross_brand,
+    texts,
+    tmp_path,
+):
+    """`--second-k all` (``"second_k": null``, the shipped `accurate` profile's form): the blend
+    of the two students over every candidate, however many; a budget can still rescore fewer."""
+    out = tmp_path / "all"
+    r = _cascade_cli(late_student[1], cross_brand, out, "--second-k", "all", "--first-weight", ".5")
+    assert r.exit_code == 0 and "on every candidate" in r.output.split(",")[-1], r.output
+    assert json.loads((out / "reranker.json").read_text())["second_k"] is None
+    cascade = open_model(out, variant="fp32")
+    first = cascade.first.score("cordless drill", texts)
+    second = cascade.second.score("cordless drill", texts)
+    got = cascade.score("cordless drill", texts)
+    assert got.raw == pytest.approx(second.raw + 0.5 * first.raw, abs=1e-5)
+    assert cascade.rescored(len(texts)) == len(texts) and cascade.rescored(1000) == 1000
+    assert cascade.rescored(len(texts), 2) == 2
+    _freeze_costs(cascade)
+    assert cascade.latency.predict_ms(9) == pytest.approx(100 + 90 + 100 + 9 * 200)
+    assert cascade.latency.split(100 + 90 + 100 + 2 * 200, 9) == (9, 2)
+    for bad in ("0", "-3", "most"):
+        r = _cascade_cli(late_student[1], cross_brand, tmp_path / "bad", "--second-k", bad)
+        assert r.exit_code == 2 and "neither a positive integer nor 'all'" in r.output, r.output
 
 
 def _freeze_costs(cascade) -> None:

@@ -230,17 +230,22 @@ def test_the_packaged_student_is_the_default(run, built_index):
 
 def test_shipped_profiles_are_selectable_by_name(run, built_index, monkeypatch, tmp_path):
     """`--model accurate` / `open_model("accurate")` / RERANKER_MODEL=accurate pick the shipped
-    accurate profile; `fast` is the default's other name; a directory of that name wins."""
+    accurate profile; `fast` is the default's other name; `late` and `cross` are the two students
+    alone; a directory of that name wins."""
     from reranker import open_model
     from reranker.errors import ModelError
     from reranker.models import PACKAGED_MODELS, resolve_model_dir
 
     assert resolve_model_dir("fast") == resolve_model_dir("default") == PACKAGED_MODELS / "default"
-    accurate = open_model("accurate")
-    assert accurate.config.architecture != "late"  # a full cross-encoder
-    default = open_model("default")  # a cascade: the late student, then `accurate` on its best
-    assert default.first.config.architecture == "late" and default.second.name == accurate.name
+    cross = open_model("cross")
+    assert cross.config.architecture != "late"  # a full cross-encoder
+    default = open_model("default")  # a cascade: the late student, then `cross` on its best 20
+    assert default.first.config.architecture == "late" and default.second.name == cross.name
     assert default.first.model_dir == resolve_model_dir("late").resolve()
+    assert default.second_k == 20
+    accurate = open_model("accurate")  # the same two students, blended over every candidate
+    assert accurate.second_k is None and accurate.first_weight == default.first_weight
+    assert (accurate.first.name, accurate.second.name) == (default.first.name, cross.name)
     r = run("search", "cordless drill", "--index-dir", built_index, "--model", "accurate", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"] == accurate.name

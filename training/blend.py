@@ -1,6 +1,6 @@
 """Choosing a cascade's ``first_weight``: two students' blend on held-out and dev pairs.
 
-    python -m reranker.training.blend --first late --second accurate \\
+    python -m reranker.training.blend --first late --second cross \\
         --choose-on train_holdout.parquet --report-on dev.parquet --catalog products.parquet \\
         --output training/results/students/blend.json
 

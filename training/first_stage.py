@@ -5,7 +5,7 @@
         --scores training/results/teacher/scores_train.parquet \\
         --output training/results/first_stage_train.json
     python -m reranker.training.first_stage --index-dir HYBRID_INDEX --judged dev.parquet \\
-        --model accurate --output training/results/first_stage_dev.json
+        --model cross --output training/results/first_stage_dev.json
 
 ``HYBRID_INDEX`` is an index built by ``reranker index`` with dense vectors (the default); its
 vectors and embedder are reused, and BM25 is rebuilt in memory with and without stemming. For

@@ -1,13 +1,13 @@
 """Install an exported student as one of the package's shipped models, with its model card.
 
-    python -m reranker.training.ship MODEL_DIR --card MODEL_CARD.md [--profile late|accurate]
+    python -m reranker.training.ship MODEL_DIR --card MODEL_CARD.md [--profile late|cross]
 
 Copies the int8 ONNX file(s) (a late student: the joint graph with the query encoder, and the
 product encoder), the tokenizer and the config (reduced to the int8 variant) into the package
 (``reranker/models/late`` unless told otherwise: the late student, the first stage of the
-``default`` cascade; ``accurate`` is its second stage and a profile of its own), refuses
-model files over 50 MB in all, checks that the installed copy loads, and puts the model card
-beside it.
+``default`` and ``accurate`` cascades; ``cross`` is their second stage and a profile of its own),
+refuses model files over 50 MB in all, checks that the installed copy loads, and puts the model
+card beside it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--card", type=Path, required=True, help="the model card (Markdown)")
     ap.add_argument(
         "--profile",
-        choices=("late", "accurate"),
+        choices=("late", "cross"),
         default="late",
         help="the shipped folder to replace (the default profile is a cascade of the two)",
     )

@@ -5,12 +5,14 @@ which imports the other's loader.
 The package ships students as *profiles*, selectable by name wherever a model directory is
 accepted (``--model accurate``, ``open_model("accurate")``, ``RERANKER_MODEL=accurate``):
 
-- ``default`` (also ``fast``): a cascade (:mod:`reranker.cascade`) of the two below: the late
-  student on every candidate, the cross-encoder on its best 20; what every command uses without
-  ``--model``, within the 30 ms budget for 100 candidates.
+- ``default`` (also ``fast``): a cascade (:mod:`reranker.cascade`) of the two students below:
+  the late student on every candidate, the cross-encoder on its best 20, ordered by their blend;
+  what every command uses without ``--model``.
+- ``accurate``: the same two students blended over every candidate (the cross-encoder on all of
+  them), slower per query.
 - ``late``: the late-interaction student alone, 100 candidates in a few milliseconds (product
   states stored with the index).
-- ``accurate``: the full cross-encoder on every candidate, slower per query.
+- ``cross``: the full cross-encoder student alone, on every candidate.
 
 ``retriever`` is not a reranker but the sentence embedder (all-MiniLM-L6-v2, int8) of the dense
 half of the embedded first stage (:mod:`reranker.index.dense`).
@@ -27,7 +29,13 @@ from reranker.errors import ModelError, ModelNotInstalledError
 
 PACKAGED_MODELS = Path(__file__).resolve().parent
 #: Profile name → folder under :data:`PACKAGED_MODELS`.
-PROFILES = {"default": "default", "fast": "default", "late": "late", "accurate": "accurate"}
+PROFILES = {
+    "default": "default",
+    "fast": "default",
+    "accurate": "accurate",
+    "late": "late",
+    "cross": "cross",
+}
 
 
 def packaged_embedder_dir() -> Path | None:
@@ -37,7 +45,7 @@ def packaged_embedder_dir() -> Path | None:
 
 
 def packaged_model_dir(name: str) -> Path:
-    """The folder of a shipped profile (``default``, ``fast``, ``accurate``)."""
+    """The folder of a shipped profile (one of :data:`PROFILES`)."""
     if name not in PROFILES:
         raise ModelError(
             f"no packaged model named {name!r}; the profiles are {', '.join(PROFILES)}"
