@@ -486,7 +486,9 @@ def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
             if response.reranked_k == response.candidates
             else f" (top {response.reranked_k} within the budget)"
         )
-        if response.rescored_k is not None:
+        if response.rescored_k is not None and response.rescored_k == response.reranked_k:
+            part += ", all rescored by the second stage"
+        elif response.rescored_k is not None:
             part += f", its best {response.rescored_k} rescored by the second stage"
         click.echo(
             f"{response.query!r}: {response.candidates} {retrieval} candidates "
