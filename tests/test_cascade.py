@@ -29,30 +29,18 @@ def cross_brand(tmp_path_factory, tiny_hf_model):
     return export_model(tiny_hf_model, out, max_length=32, fields=("brand",))
 
 
-@pytest.fixture(scope="module")
-def cascade_dir(tmp_path_factory, late_student, cross_brand):  # noqa: F811
-    out = tmp_path_factory.mktemp("cascade") / "two-stage"
-    result = CliRunner().invoke(
-        main,
-        [
-            "cascade",
-            str(late_student[1]),
-            str(cross_brand),
-            "--second-k",
-            "3",
-            "--output",
-            str(out),
-        ],
-        env={"RERANKER_MODEL": ""},
-    )
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def _cascade_cli(first, second, out, *options):
     """`reranker cascade FIRST SECOND --output OUT OPTIONS...`"""
     args = ["cascade", str(first), str(second), "--output", str(out), *options]
     return CliRunner().invoke(main, args, env={"RERANKER_MODEL": ""})
+
+
+@pytest.fixture(scope="module")
+def cascade_dir(tmp_path_factory, late_student, cross_brand):  # noqa: F811
+    out = tmp_path_factory.mktemp("cascade") / "two-stage"
+    result = _cascade_cli(late_student[1], cross_brand, out, "--second-k", "3")
+    assert result.exit_code == 0, result.output
+    return out
 
 
 @pytest.fixture(scope="module")
