@@ -247,3 +247,61 @@ def test_bf16_linear_labelling_wraps_every_linear_but_the_head(tiny_hf_model):
     assert got.dtype == np.float32 and np.allclose(got, fp32, atol=0.05)
     with pytest.raises(RerankerError, match="precision must be one of"):
         resolve_precision("bf16-linear")  # training takes fp32 or bf16 autocast only
+
+
+def _student_copy(src, dst, seed: int, shift: float, **args):
+    """A copy of a tiny HF model as a student directory, its float weights shifted by ``shift``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = {
+        k: v + shift if v.is_floating_point() else v
+        for k, v in load_file(dst / "model.safetensors").items()
+    }
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    meta = {
+        "student": "tiny",
+        "layers": None,
+        "fields": ["brand"],
+        "max_length": 32,
+        "arch": "cross",
+    }
+    (dst / "distill_args.json").write_text(json.dumps({**meta, **args, "seed": seed}))
+    return dst
+
+
+def test_a_soup_is_the_mean_of_its_students_and_exports_like_one(tmp_path, tiny_hf_model):
+    from safetensors.torch import load_file
+
+    from reranker import CrossEncoder
+    from reranker.training.export import export_model
+    from reranker.training.soup import make_soup
+
+    a = _student_copy(tiny_hf_model, tmp_path / "a", 13, 0.0)
+    b = _student_copy(tiny_hf_model, tmp_path / "b", 14, 0.5)
+    soup = make_soup([a, b], tmp_path / "soup")
+    wa, wb, ws = (load_file(d / "model.safetensors") for d in (a, b, soup))
+    for name, w in ws.items():
+        if w.is_floating_point():
+            np.testing.assert_allclose(w.numpy(), ((wa[name] + wb[name]) / 2).numpy(), atol=1e-6)
+        else:
+            assert (w == wa[name]).all()
+    meta = json.loads((soup / "distill_args.json").read_text())
+    assert [s["seed"] for s in meta["soup_of"]] == [13, 14] and meta["fields"] == ["brand"]
+    model = CrossEncoder(
+        export_model(soup, tmp_path / "soup-onnx", max_length=32, fields=["brand"])
+    )
+    assert model.score("drill", ["DEWALT drill", "hose"]).raw.shape == (2,)
+
+
+def test_a_soup_of_students_of_different_recipes_is_refused(tmp_path, tiny_hf_model):
+    from reranker.training.soup import make_soup
+
+    a = _student_copy(tiny_hf_model, tmp_path / "a", 13, 0.0)
+    b = _student_copy(tiny_hf_model, tmp_path / "b", 14, 0.0, max_length=48)
+    with pytest.raises(SystemExit, match="differ in max_length"):
+        make_soup([a, b], tmp_path / "soup")
+    with pytest.raises(SystemExit, match="at least two"):
+        make_soup([a], tmp_path / "soup")
