@@ -187,13 +187,24 @@ def test_cli_index_stemmer_option(tmp_path, catalog_csv):
     assert r.exit_code == 2 and "no Snowball stemmer for 'klingon'" in r.output
 
 
+def _run_fusion(monkeypatch, index, model, held, dev, catalog, out) -> None:
+    """`python -m reranker.training.fusion` with ``model`` as both students."""
+    import sys
+
+    from reranker.training import fusion
+
+    args = {"index-dir": index, "first": model, "second": model, "choose-on": held}
+    args |= {"report-on": dev, "catalog": catalog, "output": out}
+    argv = ["fusion"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    monkeypatch.setattr(sys, "argv", argv)
+    fusion.main()
+
+
 def test_fusion_study_grids_the_first_stage_scores_and_chooses_on_held_out_pairs(
     hybrid_index, tiny_model, catalog_csv, write_judged, tmp_path, monkeypatch
 ):
-    """`python -m reranker.training.fusion`: the blend plus weighted cosine and BM25, every grid
-    point on both files, the weights chosen on the held-out file only; (0, 0) is the blend."""
-    import sys
-
+    """The blend plus weighted cosine and BM25, every grid point on both files, the weights
+    chosen on the held-out file only; (0, 0) is the plain blend."""
     from reranker.models import open_model
     from reranker.training import fusion
     from reranker.training.data import catalog_texts
@@ -217,46 +228,23 @@ def test_fusion_study_grids_the_first_stage_scores_and_chooses_on_held_out_pairs
         ],
     )
     out = tmp_path / "fusion.json"
-    argv = [
-        "fusion",
-        "--index-dir",
-        str(hybrid_index),
-        "--first",
-        str(tiny_model),
-        "--second",
-        str(tiny_model),
-    ]
-    argv += [
-        "--choose-on",
-        str(held),
-        "--report-on",
-        str(dev),
-        "--catalog",
-        str(catalog_csv),
-        "--output",
-        str(out),
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    fusion.main()
+    _run_fusion(monkeypatch, hybrid_index, tiny_model, held, dev, catalog_csv, out)
     result = json.loads(out.read_text())
     grid = len(fusion.DENSE_GRID) * len(fusion.BM25_GRID)
-    assert len(result["rows"]) == 2 * grid and result["files"] == {
-        "choose": "held.parquet",
-        "report": "dev.parquet",
-    }
+    assert len(result["rows"]) == 2 * grid
+    assert result["files"] == {"choose": "held.parquet", "report": "dev.parquet"}
     choose = [r for r in result["rows"] if r["set"] == "choose"]
-    best = max(r["pair_accuracy"] for r in choose)
     chosen = [r for r in choose if (r["dense"], r["bm25"]) == tuple(result["chosen"].values())]
-    assert chosen[0]["pair_accuracy"] == best
+    assert chosen[0]["pair_accuracy"] == max(r["pair_accuracy"] for r in choose)
 
-    model = open_model(tiny_model)
+    model = open_model(tiny_model)  # first = second, first_weight 0.5: the blend is 1.5 x raw
     texts = catalog_texts(catalog_csv, model.config.fields)
     plain = evaluate(
         load_judged(dev), lambda q, ids: 1.5 * model.score(q, [texts[p] for p in ids]).raw
     )
-    base = [
+    (base,) = [
         r for r in result["rows"] if r["set"] == "report" and r["dense"] == 0 and r["bm25"] == 0
-    ][0]
+    ]
     assert base["pair_accuracy"] == pytest.approx(plain.pair_accuracy)
     assert base["ndcg10"] == pytest.approx(plain.ndcg10)
 
@@ -264,29 +252,7 @@ def test_fusion_study_grids_the_first_stage_scores_and_chooses_on_held_out_pairs
 def test_fusion_study_needs_a_hybrid_index(
     built_index, tiny_model, catalog_csv, tmp_path, monkeypatch
 ):
-    import sys
-
-    from reranker.training import fusion
-
-    argv = [
-        "fusion",
-        "--index-dir",
-        str(built_index),
-        "--first",
-        str(tiny_model),
-        "--second",
-        str(tiny_model),
-    ]
-    argv += [
-        "--choose-on",
-        "x",
-        "--report-on",
-        "y",
-        "--catalog",
-        str(catalog_csv),
-        "--output",
-        str(tmp_path / "f.json"),
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit, match="stores no dense vectors"):
-        fusion.main()
+        _run_fusion(
+            monkeypatch, built_index, tiny_model, "x", "y", catalog_csv, tmp_path / "f.json"
+        )
