@@ -1,0 +1,75 @@
+"""Would a second mpnet member make a better teacher? Its scores against the first member's and
+their plain mean (equal weights in logit space, nothing fitted, so the held-out slice stays out
+of sample for both), on train's held-out slice and, for the new member alone, on dev.
+
+    python scripts/second_member.py --held-out train_holdout.parquet --dev dev.parquet \\
+        --first training/results/teacher/scores_train.parquet \\
+        --second-held-out S14_holdout.parquet \\
+        --second-dev S14_dev.parquet --output training/results/teacher/second_member.json
+
+``--first``: the committed teacher scores of train's judged pairs (``score_mpnet``, ``score_minilm``
+and the ensemble's ``score``); ``--second-*``: `reranker label` files of the new member.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reranker.training.blend import bootstrap
+from reranker.training.data import read_pairs
+from reranker.training.evaluate import evaluate, load_judged, pair_accuracy
+
+
+def lookup(path, column: str) -> dict[tuple[str, str], float]:
+    t = read_pairs(path, ("query", "product_id", column))
+    q, p, s = (t.column(c).to_pylist() for c in ("query", "product_id", column))
+    return {(a, str(b)): float(c) for a, b, c in zip(q, p, s, strict=True)}
+
+
+def metrics(judged, scorer) -> dict:
+    m = evaluate(judged, lambda q, ids: np.array([scorer(q, p) for p in ids]))
+    return {"pair_accuracy": round(m.pair_accuracy, 4), "ndcg10": round(m.ndcg10, 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for name in ("held-out", "dev", "first", "second-held-out", "second-dev", "output"):
+        ap.add_argument(f"--{name}", required=True)
+    args = ap.parse_args()
+    held, dev = load_judged(args.held_out), load_judged(args.dev)
+    first = {c: lookup(args.first, c) for c in ("score_mpnet", "score_minilm", "score")}
+    second_held, second_dev = (
+        lookup(args.second_held_out, "score"),
+        lookup(args.second_dev, "score"),
+    )
+    mp, s2 = first["score_mpnet"], second_held
+    result = {
+        "held_out": {
+            "mpnet (first member)": metrics(held, lambda q, p: mp[(q, p)]),
+            "teacher ensemble (MiniLM 0.05, mpnet 0.95; weights fitted on this slice)": metrics(
+                held, lambda q, p: first["score"][(q, p)]
+            ),
+            "mpnet seed 14 (second member)": metrics(held, lambda q, p: s2[(q, p)]),
+            "mean of the two mpnet members (equal weights, not fitted)": metrics(
+                held, lambda q, p: 0.5 * mp[(q, p)] + 0.5 * s2[(q, p)]
+            ),
+        },
+        "dev": {"mpnet seed 14 (second member)": metrics(dev, lambda q, p: second_dev[(q, p)])},
+    }
+    gains = []  # per held-out query: pair accuracy of the mean minus the first member's
+    for q, (ids, rel) in held.evaluable().items():
+        one = pair_accuracy(np.array([mp[(q, p)] for p in ids]), rel)
+        if one is not None:
+            two = pair_accuracy(np.array([0.5 * mp[(q, p)] + 0.5 * s2[(q, p)] for p in ids]), rel)
+            gains.append(two - one)
+    result["held_out_gain_of_the_mean_over_the_first_member"] = bootstrap(gains)
+    Path(args.output).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
