@@ -305,3 +305,8 @@ def test_a_soup_of_students_of_different_recipes_is_refused(tmp_path, tiny_hf_mo
         make_soup([a, b], tmp_path / "soup")
     with pytest.raises(SystemExit, match="at least two"):
         make_soup([a], tmp_path / "soup")
+    with pytest.raises(SystemExit, match="not a trained student: model.safetensors, distill_args"):
+        make_soup([a, tmp_path], tmp_path / "soup")
+    make_soup([a, a], tmp_path / "soup")
+    with pytest.raises(SystemExit, match="already holds a model"):
+        make_soup([a, a], tmp_path / "soup")

@@ -30,6 +30,12 @@ def make_soup(students: list[Path], output: Path) -> Path:
 
     if len(students) < 2:
         raise SystemExit("a soup needs at least two students")
+    for s in students:
+        missing = [f for f in (WEIGHTS, "distill_args.json") if not (s / f).is_file()]
+        if missing:
+            raise SystemExit(f"{s} is not a trained student: {', '.join(missing)} missing")
+    if (output / WEIGHTS).exists():
+        raise SystemExit(f"{output} already holds a model; choose another --output")
     args = [json.loads((s / "distill_args.json").read_text()) for s in students]
     for key in SAME:
         values = {json.dumps(a.get(key)) for a in args}
