@@ -7,8 +7,8 @@ of sample for both), on train's held-out slice and, for the new member alone, on
         --second-held-out S14_holdout.parquet \\
         --second-dev S14_dev.parquet --output training/results/teacher/second_member.json
 
-``--first``: the committed teacher scores of train's judged pairs (``score_mpnet``, ``score_minilm``
-and the ensemble's ``score``); ``--second-*``: `reranker label` files of the new member.
+``--first``: the committed teacher scores of train's judged pairs (``score_mpnet`` and the
+ensemble's ``score``); ``--second-*``: `reranker label` files of the new member.
 """
 
 from __future__ import annotations
@@ -20,14 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from reranker.training.blend import bootstrap
-from reranker.training.data import read_pairs
-from reranker.training.evaluate import evaluate, load_judged, pair_accuracy
-
-
-def lookup(path, column: str) -> dict[tuple[str, str], float]:
-    t = read_pairs(path, ("query", "product_id", column))
-    q, p, s = (t.column(c).to_pylist() for c in ("query", "product_id", column))
-    return {(a, str(b)): float(c) for a, b, c in zip(q, p, s, strict=True)}
+from reranker.training.evaluate import evaluate, load_judged, pair_accuracy, score_lookup
 
 
 def metrics(judged, scorer) -> dict:
@@ -41,10 +34,10 @@ def main() -> None:
         ap.add_argument(f"--{name}", required=True)
     args = ap.parse_args()
     held, dev = load_judged(args.held_out), load_judged(args.dev)
-    first = {c: lookup(args.first, c) for c in ("score_mpnet", "score_minilm", "score")}
+    first = {c: score_lookup(args.first, c) for c in ("score_mpnet", "score")}
     second_held, second_dev = (
-        lookup(args.second_held_out, "score"),
-        lookup(args.second_dev, "score"),
+        score_lookup(args.second_held_out, "score"),
+        score_lookup(args.second_dev, "score"),
     )
     mp, s2 = first["score_mpnet"], second_held
     result = {

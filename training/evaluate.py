@@ -135,22 +135,21 @@ def end_to_end_ndcg(
     return float(np.mean(values))
 
 
+def score_lookup(path, column: str = "score") -> dict[tuple[str, str], float]:
+    """{(query, product_id as text): score} of a score file's ``column``."""
+    from reranker.training.data import read_pairs
+
+    t = read_pairs(path, ("query", "product_id", column))
+    q, p, s = (t.column(c).to_pylist() for c in ("query", "product_id", column))
+    return {(a, str(b)): float(c) for a, b, c in zip(q, p, s, strict=True)}
+
+
 def evaluate_scores(judged: Judged, path, column: str = "score") -> Metrics:
     """Judged-candidate metrics of precomputed scores (a logit per (query, product_id)); RMSE
     through the sigmoid. Every evaluable judged pair must be in the file."""
     from reranker.errors import DataError
-    from reranker.training.data import read_pairs
 
-    t = read_pairs(path, ("query", "product_id", column))
-    lookup = {
-        (q, str(p)): float(s)
-        for q, p, s in zip(
-            t.column("query").to_pylist(),
-            t.column("product_id").to_pylist(),
-            t.column(column).to_pylist(),
-            strict=True,
-        )
-    }
+    lookup = score_lookup(path, column)
     missing = [
         (q, p) for q, (ids, _) in judged.evaluable().items() for p in ids if (q, p) not in lookup
     ]
