@@ -38,6 +38,7 @@ THREADS=${THREADS:-2}
 TAG=${TAG:-}                              # PHASE=shipped: appended to the run names (e.g. -a251k)
 AUG_SIZE=${AUG_SIZE:-}                    # PHASE=shipped: cut the augmented pairs (time), e.g. 200000
 PRECISION=${PRECISION:-auto}
+FIELDS=${FIELDS-brand,color,material}     # the attributes the students read after the title ("": the title alone)
 FIRST=${FIRST:-late-f48}                  # PHASE=cascade: runs under $ST (exported: NAME-onnx)
 SECOND=${SECOND:-cross-f64}
 SECOND_K=${SECOND_K:-20}
@@ -48,8 +49,8 @@ step() { echo; echo "=== $(date -u +%H:%M:%S) $*"; }
 into() { local f=$1; shift; "$@" > "$f.tmp" && mv "$f.tmp" "$f"; }
 timed() { local name=$1; shift; local t0=$SECONDS; "$@"; echo "$name $((SECONDS - t0))" >> "$OUTDIR/wall_seconds.txt"; }
 
-LATE=(--arch late --fields brand,color,material --max-length 48 --query-max-length 16)
-CROSS=(--arch cross --fields brand,color,material --max-length 64)
+LATE=(--arch late --fields "$FIELDS" --max-length 48 --query-max-length 16)
+CROSS=(--arch cross --fields "$FIELDS" --max-length 64)
 
 step "index of the catalog (BM25 only)"
 [ -f "$ART/index/CURRENT" ] || reranker index "$DATA/products.parquet" --index-dir "$ART/index" --no-tokens -q

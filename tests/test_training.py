@@ -310,3 +310,53 @@ def test_a_soup_of_students_of_different_recipes_is_refused(tmp_path, tiny_hf_mo
     make_soup([a, a], tmp_path / "soup")
     with pytest.raises(SystemExit, match="already holds a model"):
         make_soup([a, a], tmp_path / "soup")
+
+
+def test_fields_study_compares_the_title_alone_and_sets_what_a_student_reads(
+    tmp_path, tiny_model, catalog_csv, write_judged
+):
+    """Every field set on both files, chosen on the held-out file; `--set` rewrites only the
+    config's fields, keeps the trained ones and drops a calibration that no longer applies."""
+    import shutil
+
+    from reranker.models import open_model
+    from reranker.training import fields
+
+    held = write_judged(
+        tmp_path / "held.parquet",
+        [("cordless drill", "p001", 3.0), ("cordless drill", "p007", 1.0), ("drill", "p004", 2.0)],
+    )
+    dev = write_judged(
+        tmp_path / "dev.parquet",
+        [("hammer drill", "p002", 3.0), ("hammer drill", "p013", 1.33)],
+    )
+    out = tmp_path / "fields.json"
+    args = ["--choose-on", str(held), "--report-on", str(dev), "--catalog", str(catalog_csv)]
+    fields.main([str(tiny_model), "--try", "", "--try", "color", *args, "--output", str(out)])
+    result = json.loads(out.read_text())
+    assert result["own_fields"] == "title+brand+color"
+    labels = [r["fields"] for r in result["rows"] if r["set"] == "choose"]
+    assert labels == ["title+brand+color", "title", "title+color"]
+    choose = {r["fields"]: r["pair_accuracy"] for r in result["rows"] if r["set"] == "choose"}
+    assert choose[result["chosen"]] == max(choose.values())
+    assert set(result["gain_over_own"]) == {"choose", "report", "pooled"}
+    with pytest.raises(SystemExit):  # a comparison without its files
+        fields.main([str(tiny_model), "--try", ""])
+
+    model_dir = shutil.copytree(tiny_model, tmp_path / "m")
+    cfg_path = model_dir / "reranker.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["calibration"] = {"scale": 2.0, "bias": 0.5}
+    cfg_path.write_text(json.dumps(cfg))
+    fields.main([str(model_dir), "--set", ""])
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["fields"] == [] and cfg["calibration"] == {}
+    assert cfg["metadata"]["trained_fields"] == ["brand", "color"]
+    assert cfg["metadata"]["dropped_calibration"]["scale"] == 2.0
+    model = open_model(model_dir)
+    assert model.config.fields == () and model.config.metadata["name"] == "tiny-test-model"
+    fields.main([str(model_dir), "--set", "color"])  # the trained fields stay the first ones
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["fields"] == ["color"] and cfg["metadata"]["trained_fields"] == ["brand", "color"]
+    with pytest.raises(SystemExit):  # not a student's directory: one line, no traceback
+        fields.main([str(tmp_path), "--set", ""])

@@ -1,0 +1,162 @@
+"""The default's blend over every pair of student seeds, reading title + attributes or the title
+alone (issue 15, eighth session): does reading the title alone help the recipe, or one pair?
+
+    python scripts/fields_seeds.py --late s13=DIR s14=DIR s15=DIR --cross s13=DIR s14=DIR \\
+        --held-out train_holdout.parquet --dev dev.parquet --catalog products.parquet \\
+        --cache scores.parquet --output training/results/students/fields_seeds.json
+
+Scores every judged pair of both files with every student reading each field set once (kept in
+``--cache``, so a rerun only reads it), then for each (late, cross) pair and field set the blend
+``cross raw + 0.5 * late raw`` (the weight shipped before this study) with the evaluation
+protocol; the per-seed figures of each student alone; and, per field set, the mean over the pairs
+of every weight of the blend's grid. Held-out pairs are the choosing set, dev is only reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reranker.training.evaluate import evaluate, load_judged
+
+FIELD_SETS = {"attributes": ("brand", "color", "material"), "title": ()}
+WEIGHT = 0.5
+GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # as reranker.training.blend's
+
+
+def named(values: list[str]) -> dict[str, str]:
+    return dict(v.split("=", 1) for v in values)
+
+
+def score_all(models: dict[str, str], sets: dict[str, str], catalog: str, cache: Path):
+    """{(model, fields, set): {query: raw array in judged order}}, from ``cache`` if there."""
+    if not cache.is_file():
+        from reranker.models import open_model
+        from reranker.training.data import catalog_texts
+        from reranker.training.fields import score_judged
+
+        texts = {f: catalog_texts(catalog, names) for f, names in FIELD_SETS.items()}
+        rows = {c: [] for c in ("model", "fields", "set", "query", "position", "raw")}
+        for name, path in models.items():
+            model = open_model(path)
+            for f in FIELD_SETS:
+                for s, judged_path in sets.items():
+                    scores = score_judged(model, load_judged(judged_path), texts[f])
+                    for q, raw in scores.items():
+                        for i, r in enumerate(raw):
+                            for c, v in zip(rows, (name, f, s, q, i, float(r)), strict=True):
+                                rows[c].append(v)
+            print(f"scored {name}", flush=True)
+        pq.write_table(pa.table(rows), cache)
+    t = pq.read_table(cache).to_pydict()
+    out: dict = {}
+    for m, f, s, q, i, r in zip(*(t[c] for c in t), strict=True):
+        out.setdefault((m, f, s), {}).setdefault(q, {})[i] = r
+    return {
+        k: {q: np.array([v[i] for i in sorted(v)]) for q, v in d.items()} for k, d in out.items()
+    }
+
+
+def metrics(judged, scores) -> list[float]:
+    m = evaluate(judged, lambda q, ids: scores[q], progress=False)
+    return [round(m.pair_accuracy, 4), round(m.ndcg10, 4)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--late", nargs="+", required=True, help="SEED=DIR of late students")
+    ap.add_argument("--cross", nargs="+", required=True, help="SEED=DIR of cross-encoders")
+    ap.add_argument("--held-out", required=True)
+    ap.add_argument("--dev", required=True)
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--cache", required=True, type=Path)
+    ap.add_argument("--output", required=True, type=Path)
+    args = ap.parse_args()
+
+    late, cross = named(args.late), named(args.cross)
+    models = {f"late {k}": v for k, v in late.items()} | {f"cross {k}": v for k, v in cross.items()}
+    sets = {"held_out": args.held_out, "dev": args.dev}
+    scores = score_all(models, sets, args.catalog, args.cache)
+    judged = {s: load_judged(p) for s, p in sets.items()}
+
+    alone = {
+        m: {f: {s: metrics(judged[s], scores[m, f, s]) for s in sets} for f in FIELD_SETS}
+        for m in models
+    }
+    pairs = []
+    for a in late:
+        for b in cross:
+            row = {"first": f"late {a}", "second": f"cross {b}"}
+            for f in FIELD_SETS:
+                row[f] = {
+                    s: metrics(
+                        judged[s],
+                        {
+                            q: scores[f"cross {b}", f, s][q] + WEIGHT * scores[f"late {a}", f, s][q]
+                            for q in scores[f"cross {b}", f, s]
+                        },
+                    )
+                    for s in sets
+                }
+            pairs.append(row)
+    summary = {
+        f: {
+            s: {
+                what: {
+                    "mean": round(statistics.mean(v), 4),
+                    "sd": round(statistics.stdev(v), 4),
+                    "min": min(v),
+                    "max": max(v),
+                }
+                for what, v in (
+                    ("pair_accuracy", [p[f][s][0] for p in pairs]),
+                    ("ndcg10", [p[f][s][1] for p in pairs]),
+                )
+            }
+            for s in sets
+        }
+        for f in FIELD_SETS
+    }
+
+    def blend(f, s, a, b, w):
+        c, late_raw = scores[f"cross {b}", f, s], scores[f"late {a}", f, s]
+        return metrics(judged[s], {q: c[q] + w * late_raw[q] for q in c})
+
+    grid = {
+        f: {
+            s: {
+                str(w): round(
+                    statistics.mean(blend(f, s, a, b, w)[0] for a in late for b in cross), 4
+                )
+                for w in GRID
+            }
+            for s in sets
+        }
+        for f in FIELD_SETS
+    }
+    result = {
+        "what": "each student alone and the blend cross raw + 0.5 * late raw of every pair of "
+        "seeds (int8), reading title + brand, color, material (as trained) or the title alone: "
+        "[pair accuracy, NDCG@10] on the held-out train slice and dev",
+        "alone": alone,
+        "pairs": pairs,
+        "summary_blend": summary,
+        "mean_pair_accuracy_by_weight": grid,
+    }
+    args.output.write_text(json.dumps(result, indent=1))
+    for m, d in alone.items():
+        print(m, {f: d[f] for f in FIELD_SETS})
+    for p in pairs:
+        print(p["first"], "+", p["second"], {f: p[f] for f in FIELD_SETS})
+    print(json.dumps(summary, indent=1))
+    print("mean pair accuracy over the pairs, by weight:", json.dumps(grid))
+
+
+if __name__ == "__main__":
+    main()
