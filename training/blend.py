@@ -35,14 +35,47 @@ def _scores(models, judged, texts) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def per_query_gain(judged, cache, w: float) -> list[float]:
-    """Per query with a pair to order: pair accuracy of the blend at ``w`` minus at 0."""
+def paired_gain(judged, new: dict, old: dict) -> list[float]:
+    """Per query with a pair to order: pair accuracy with ``new`` scores ({query: array}) minus
+    with ``old``."""
     gains = []
     for q, (_, rel) in judged.evaluable().items():
-        base = pair_accuracy(cache[q]["second"], rel)
+        base = pair_accuracy(old[q], rel)
         if base is not None:
-            gains.append(pair_accuracy(cache[q]["second"] + w * cache[q]["first"], rel) - base)
+            gains.append(pair_accuracy(new[q], rel) - base)
     return gains
+
+
+def per_query_gain(judged, cache, w: float) -> list[float]:
+    """Per query with a pair to order: pair accuracy of the blend at ``w`` minus at 0."""
+    second = {q: c["second"] for q, c in cache.items()}
+    blend = {q: c["second"] + w * c["first"] for q, c in cache.items()}
+    return paired_gain(judged, blend, second)
+
+
+def gain_summary(gains: dict[str, list[float]]) -> dict:
+    """:func:`bootstrap` of the per-query gains of each set ("choose", "report") and pooled."""
+    summary = {which: bootstrap(g) for which, g in gains.items()}
+    summary["pooled"] = bootstrap([x for g in gains.values() for x in g])
+    return summary
+
+
+def print_rows(rows: list[dict], column: str, width: int) -> None:
+    """The evaluated rows of a choice, one per set and value of ``column``."""
+    print(f"{'set':>7} {column:<{width}} {'pair acc':>9} {'NDCG@10':>8}")
+    for r in rows:
+        print(
+            f"{r['set']:>7} {r[column]!s:<{width}} {r['pair_accuracy']:>9.4f} {r['ndcg10']:>8.4f}"
+        )
+
+
+def print_gains(summary: dict, over: str) -> None:
+    for which, g in summary.items():
+        lo, hi = g["ci95"]
+        print(
+            f"pair accuracy gain over {over}, {which} ({g['queries']} queries): "
+            f"{g['mean']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]"
+        )
 
 
 def bootstrap(values: list[float], n: int = 5000, seed: int = 0) -> dict:
@@ -90,9 +123,7 @@ def main() -> None:
             rows.append({"set": which, "file": Path(path).name, "weight": w, **m.to_dict()})
     choose = [r for r in rows if r["set"] == "choose"]
     best = max(choose, key=lambda r: (r["pair_accuracy"], -r["weight"]))["weight"]
-    gains = {w: per_query_gain(*sets[w], best) for w in sets}
-    gain = {w: bootstrap(g) for w, g in gains.items()}
-    gain["pooled"] = bootstrap(gains["choose"] + gains["report"])
+    gain = gain_summary({w: per_query_gain(*sets[w], best) for w in sets})
     result = {
         "first": args.first,
         "second": args.second,
@@ -101,16 +132,9 @@ def main() -> None:
         "gain_over_0": gain,
     }
     Path(args.output).write_text(json.dumps(result, indent=1))
-    print(f"{'set':>7} {'w':>5} {'pair acc':>9} {'NDCG@10':>8}")
-    for r in rows:
-        print(f"{r['set']:>7} {r['weight']:>5} {r['pair_accuracy']:>9.4f} {r['ndcg10']:>8.4f}")
+    print_rows(rows, "weight", 6)
     print(f"chosen on {Path(args.choose_on).name}: first_weight {best}")
-    for which, g in gain.items():
-        lo, hi = g["ci95"]
-        print(
-            f"pair accuracy gain over 0, {which} ({g['queries']} queries): {g['mean']:+.4f}, "
-            f"95% interval [{lo:+.4f}, {hi:+.4f}]"
-        )
+    print_gains(gain, "0")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.training.blend import bootstrap
-from reranker.training.evaluate import evaluate, load_judged, pair_accuracy
+from reranker.training.blend import gain_summary, paired_gain, print_gains, print_rows
+from reranker.training.evaluate import evaluate, load_judged
 
 
 def parse_fields(text: str) -> tuple[str, ...]:
@@ -49,16 +49,6 @@ def score_judged(model, judged, texts: dict[str, str]) -> dict[str, np.ndarray]:
         q: model.score(q, [texts[p] for p in ids]).raw
         for q, (ids, _) in tqdm(items, desc="scoring", unit="query", leave=False)
     }
-
-
-def per_query_gain(judged, new: dict, old: dict) -> list[float]:
-    """Per query with a pair to order: pair accuracy with ``new`` scores minus with ``old``."""
-    gains = []
-    for q, (_, rel) in judged.evaluable().items():
-        base = pair_accuracy(old[q], rel)
-        if base is not None:
-            gains.append(pair_accuracy(new[q], rel) - base)
-    return gains
 
 
 def set_fields(model_dir: str | Path, fields: tuple[str, ...]) -> tuple[dict, bool]:
@@ -137,11 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     by_label = {label(f): f for f in candidates}
     choose = [r for r in rows if r["set"] == "choose"]
     best = by_label[max(choose, key=lambda r: r["pair_accuracy"])["fields"]]
-    gains = {
-        w: per_query_gain(judged[w], scores[w, best], scores[w, own]) for w in ("choose", "report")
-    }
-    gain = {w: bootstrap(g) for w, g in gains.items()}
-    gain["pooled"] = bootstrap(gains["choose"] + gains["report"])
+    gain = gain_summary(
+        {w: paired_gain(judged[w], scores[w, best], scores[w, own]) for w in ("choose", "report")}
+    )
     result = {
         "model": args.model,
         "own_fields": label(own),
@@ -150,16 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         "gain_over_own": gain,
     }
     Path(args.output).write_text(json.dumps(result, indent=1))
-    print(f"{'set':>7} {'fields':<28} {'pair acc':>9} {'NDCG@10':>8}")
-    for r in rows:
-        print(f"{r['set']:>7} {r['fields']:<28} {r['pair_accuracy']:>9.4f} {r['ndcg10']:>8.4f}")
+    print_rows(rows, "fields", 28)
     print(f"chosen on {Path(args.choose_on).name}: {label(best)} (own: {label(own)})")
-    for which, g in gain.items():
-        lo, hi = g["ci95"]
-        print(
-            f"pair accuracy gain over own fields, {which} ({g['queries']} queries): "
-            f"{g['mean']:+.4f}, 95% interval [{lo:+.4f}, {hi:+.4f}]"
-        )
+    print_gains(gain, "own fields")
 
 
 if __name__ == "__main__":
