@@ -342,6 +342,8 @@ def test_fields_study_compares_the_title_alone_and_sets_what_a_student_reads(
     assert set(result["gain_over_own"]) == {"choose", "report", "pooled"}
     with pytest.raises(SystemExit):  # a comparison without its files
         fields.main([str(tiny_model), "--try", ""])
+    with pytest.raises(SystemExit):  # a field the catalog does not have: refused, not ignored
+        fields.main([str(tiny_model), "--try", "colour", *args, "--output", str(out)])
 
     model_dir = shutil.copytree(tiny_model, tmp_path / "m")
     cfg_path = model_dir / "reranker.json"

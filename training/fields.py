@@ -106,18 +106,25 @@ def main(argv: list[str] | None = None) -> None:
         flags = ", ".join("--" + m.replace("_", "-").replace("tries", "try") for m in missing)
         ap.error(f"a comparison needs {flags} (or --set FIELDS)")
 
+    from reranker.catalog import read_catalog
     from reranker.models import open_model
-    from reranker.training.data import catalog_texts
 
     model = open_model(args.model)
     own = tuple(model.config.fields)
     candidates = [own] + [f for f in map(parse_fields, args.tries) if f != own]
     candidates = list(dict.fromkeys(candidates))
+    catalog = read_catalog(args.catalog)
+    unknown = sorted({f for c in candidates for f in c} - set(catalog.attribute_fields))
+    if unknown:
+        ap.error(
+            f"{', '.join(unknown)} not among the attributes of {args.catalog} "
+            f"({', '.join(catalog.attribute_fields) or 'none'})"
+        )
     rows, scores, judged = [], {}, {}
     for which, path in (("choose", args.choose_on), ("report", args.report_on)):
         judged[which] = load_judged(path)
         for fields in candidates:
-            texts = catalog_texts(args.catalog, fields)
+            texts = {p.id: p.text(fields) for p in catalog.products}
             cache = score_judged(model, judged[which], texts)
             scores[which, fields] = cache
             m = evaluate(judged[which], lambda q, ids, c=cache: c[q], progress=False)
