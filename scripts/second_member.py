@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.training.blend import bootstrap
-from reranker.training.evaluate import evaluate, load_judged, pair_accuracy, score_lookup
+from reranker.training.blend import bootstrap, paired_gain
+from reranker.training.evaluate import evaluate, load_judged, score_lookup
 
 
 def metrics(judged, scorer) -> dict:
@@ -53,13 +53,12 @@ def main() -> None:
         },
         "dev": {"mpnet seed 14 (second member)": metrics(dev, lambda q, p: second_dev[(q, p)])},
     }
-    gains = []  # per held-out query: pair accuracy of the mean minus the first member's
-    for q, (ids, rel) in held.evaluable().items():
-        one = pair_accuracy(np.array([mp[(q, p)] for p in ids]), rel)
-        if one is not None:
-            two = pair_accuracy(np.array([0.5 * mp[(q, p)] + 0.5 * s2[(q, p)] for p in ids]), rel)
-            gains.append(two - one)
-    result["held_out_gain_of_the_mean_over_the_first_member"] = bootstrap(gains)
+    queries = held.evaluable().items()  # per held-out query: the mean minus the first member
+    one = {q: np.array([mp[(q, p)] for p in ids]) for q, (ids, _) in queries}
+    two = {q: 0.5 * one[q] + 0.5 * np.array([s2[(q, p)] for p in ids]) for q, (ids, _) in queries}
+    result["held_out_gain_of_the_mean_over_the_first_member"] = bootstrap(
+        paired_gain(held, two, one)
+    )
     Path(args.output).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

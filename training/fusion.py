@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reranker.training.blend import bootstrap
-from reranker.training.evaluate import evaluate, load_judged, pair_accuracy
+from reranker.training.blend import bootstrap, paired_gain
+from reranker.training.evaluate import evaluate, load_judged
 
 DENSE_GRID = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 BM25_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -88,14 +88,16 @@ def main() -> None:
             alone[f"{feat} {which}"] = m.to_dict()
     choose = [r for r in rows if r["set"] == "choose"]
     best = max(choose, key=lambda r: (r["pair_accuracy"], -r["dense"] - r["bm25"]))
-    gain = {}
-    for which, (judged, cache) in sets.items():
-        g = []
-        for q, (_, rel) in judged.evaluable().items():
-            base = pair_accuracy(blend(cache[q], 0, 0), rel)
-            if base is not None:
-                g.append(pair_accuracy(blend(cache[q], best["dense"], best["bm25"]), rel) - base)
-        gain[which] = bootstrap(g)
+    gain = {
+        which: bootstrap(
+            paired_gain(
+                judged,
+                {q: blend(c, best["dense"], best["bm25"]) for q, c in cache.items()},
+                {q: blend(c, 0, 0) for q, c in cache.items()},
+            )
+        )
+        for which, (judged, cache) in sets.items()
+    }
     result = {
         "first": args.first,
         "second": args.second,
