@@ -239,10 +239,10 @@ def test_shipped_profiles_are_selectable_by_name(run, built_index, monkeypatch, 
     assert resolve_model_dir("fast") == resolve_model_dir("default") == PACKAGED_MODELS / "default"
     cross = open_model("cross")
     assert cross.config.architecture != "late"  # a full cross-encoder
-    default = open_model("default")  # a cascade: the late student, then `cross` on its best 20
+    default = open_model("default")  # a cascade: the late student, then `cross` on its best 12
     assert default.first.config.architecture == "late" and default.second.name == cross.name
     assert default.first.model_dir == resolve_model_dir("late").resolve()
-    assert default.second_k == 20
+    assert default.second_k == 12
     accurate = open_model("accurate")  # the same two students, blended over every candidate
     assert accurate.second_k is None and accurate.first_weight == default.first_weight
     assert (accurate.first.name, accurate.second.name) == (default.first.name, cross.name)

@@ -1,14 +1,19 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from reranker.errors import DataError
 from reranker.training.evaluate import (
     Judged,
+    end_to_end_ndcg,
     evaluate,
     gain,
     ndcg_at,
     pair_accuracy,
     rank_order,
+    write_per_query,
 )
 from reranker.training.losses import (
     ListwiseMarginMSELoss,
@@ -16,6 +21,7 @@ from reranker.training.losses import (
     margin_mse_triples,
     student_logits,
 )
+from reranker.training.paired import compare, main, read_per_query
 
 
 def test_triples_margin_mse_by_hand():
@@ -104,3 +110,63 @@ def test_evaluate_uses_only_queries_with_distinct_judgements():
     assert (m.queries, m.pair_queries) == (1, 1)
     assert m.pair_accuracy == 0.0  # id 2 (rel 1) scored above id 1 (rel 3)
     assert m.rmse == pytest.approx(1.0)  # predicted 2.0 for judged 3 and 1
+
+
+def _per_query(judged, scorer, search):
+    rows: dict = {}
+    evaluate(judged, scorer, per_query=rows)
+    end_to_end_ndcg(judged, search, per_query=rows)
+    return rows
+
+
+def test_per_query_figures_average_to_the_metrics_and_compare_query_by_query(tmp_path, capsys):
+    judged = Judged.from_rows(
+        ["a", "a", "a", "b", "b", "c", "c"],
+        ["1", "2", "3", "4", "5", "6", "7"],
+        [3.0, 1.0, 2.0, 2.5, 2.0, 3.0, 2.8],  # c: no pair 0.5 apart to order
+    )
+    high_id_first = lambda q, ids: np.array([float(i) for i in ids])  # noqa: E731
+    low_id_first = lambda q, ids: -high_id_first(q, ids)  # noqa: E731
+    ids = {q: v[0] for q, v in judged.queries.items()}  # ascending
+    new = _per_query(judged, low_id_first, lambda q: ids[q])
+    old = _per_query(judged, high_id_first, lambda q: ids[q][::-1])
+    m = evaluate(judged, low_id_first)
+    assert sorted(new) == ["a", "b", "c"] and new["c"]["pair_accuracy"] is None
+    assert np.mean([r["ndcg10"] for r in new.values()]) == pytest.approx(m.ndcg10)
+    accs = [r["pair_accuracy"] for r in new.values() if r["pair_accuracy"] is not None]
+    assert np.mean(accs) == pytest.approx(m.pair_accuracy)
+    assert new["a"]["e2e_ndcg10"] == pytest.approx(new["a"]["ndcg10"])
+
+    write_per_query(tmp_path / "new.parquet", new)
+    write_per_query(tmp_path / "old.parquet", old)
+    assert read_per_query(tmp_path / "new.parquet") == new  # float64 round trip
+    result = compare(
+        read_per_query(tmp_path / "new.parquet"), read_per_query(tmp_path / "old.parquet")
+    )
+    # pair accuracy on the two queries with a pair to order only
+    assert result["pair_accuracy"]["queries"] == 2
+    gains = [new[q]["pair_accuracy"] - old[q]["pair_accuracy"] for q in ("a", "b")]
+    assert result["pair_accuracy"]["mean"] == pytest.approx(np.mean(gains))
+    assert result["ndcg10"]["queries"] == 3 and result["e2e_ndcg10"]["queries"] == 3
+    lo, hi = result["ndcg10"]["ci95"]
+    assert lo <= result["ndcg10"]["mean"] <= hi
+
+    main(
+        [
+            str(tmp_path / "new.parquet"),
+            str(tmp_path / "old.parquet"),
+            "--json",
+            str(tmp_path / "d.json"),
+        ]
+    )
+    assert "pair_accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d.json").read_text())["ndcg10"]["queries"] == 3
+    with pytest.raises(SystemExit, match="cannot read"):
+        main([str(tmp_path / "new.parquet"), str(tmp_path / "missing.parquet")])
+
+    del old["c"]
+    with pytest.raises(DataError, match="different queries"):
+        compare(new, old)
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="cannot read"):
+        read_per_query(tmp_path / "bad.parquet")

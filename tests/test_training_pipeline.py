@@ -315,12 +315,17 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
     assert cfg["fields"] == ["brand", "color", "material"]
     assert cfg["metadata"]["parity"]["fp32_vs_torch_max_abs_diff"] < 1e-4
 
+    per_query = tmp_path / "per_query.parquet"
     out = cli(
-        "eval", "--judged", dev, "--index-dir", built_index, "--model", model_dir, "--e2e", "--json"
-    )
+        "eval", "--judged", dev, "--index-dir", built_index, "--model", model_dir,
+        "--e2e", "--json", "--per-query", per_query,
+    )  # fmt: skip
     metrics = json.loads(out[out.index("{") :])
     assert 0 <= metrics["ndcg10"] <= 1 and metrics["queries"] == 2
     assert metrics["rmse"] is not None and metrics["e2e_ndcg10"] is not None
+    rows = pq.read_table(per_query).to_pylist()
+    assert len(rows) == 2
+    assert np.mean([r["e2e_ndcg10"] for r in rows]) == pytest.approx(metrics["e2e_ndcg10"])
     out = cli("eval", "--judged", dev, "--index-dir", built_index, "--hf-model", teacher)
     assert "NDCG@10" in out
 

@@ -548,6 +548,12 @@ def export_embedder_cmd(model, output, max_length, no_int8, overwrite):
     help="torch arithmetic for --hf-model (bf16: autocast; bf16-linear: bf16 in the linear "
     "layers only; auto: bf16 where the CPU has it).",
 )
+@click.option(
+    "--per-query",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write each query's figures to this parquet file, to compare two systems query "
+    "by query (`python -m reranker.training.paired A B`).",
+)
 def eval_cmd(
     judged,
     index_dir,
@@ -561,27 +567,33 @@ def eval_cmd(
     k,
     as_json,
     precision,
+    per_query,
 ):
     """NDCG@10, pair accuracy, RMSE and end-to-end NDCG@10 (docs/EVALUATION.md).
 
     Without --model, --hf-model or --scores it evaluates BM25."""
-    from reranker.training.evaluate import evaluate_scores, load_judged
+    from reranker.training.evaluate import evaluate_scores, load_judged, write_per_query
 
     if sum(x is not None for x in (model_dir, hf_model, scores)) > 1:
         raise click.UsageError("give one of --model, --hf-model and --scores")
+    rows: dict | None = None if per_query is None else {}
     if scores is not None:
         if e2e:
             raise click.UsageError("--e2e needs a model; a score file has judged pairs only")
-        m = evaluate_scores(load_judged(judged), scores, score_column)
+        m = evaluate_scores(load_judged(judged), scores, score_column, per_query=rows)
     else:
         m = _evaluate_model(
-            judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k
+            judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k, rows
         )
+    if per_query is not None:
+        write_per_query(per_query, rows)
     system = str(model_dir or hf_model or (f"{scores}:{score_column}" if scores else "BM25"))
     _print_metrics(system, m, as_json)
 
 
-def _evaluate_model(judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k):
+def _evaluate_model(
+    judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k, per_query=None
+):
     from reranker.index import BM25Index
     from reranker.training.evaluate import evaluate_system, load_judged
 
@@ -595,6 +607,7 @@ def _evaluate_model(judged, index_dir, model_dir, hf_model, variant, precision, 
         fields=None if fields is None else _fields(fields),
         e2e=e2e,
         k=k,
+        per_query=per_query,
     )
 
 

@@ -93,9 +93,11 @@ def evaluate(
     *,
     activation: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = False,
+    per_query: dict[str, dict[str, float | None]] | None = None,
 ) -> Metrics:
     """Judged-candidate reranking metrics; RMSE too when ``activation`` turns the scorer's raw
-    scores into P(relevant) (pointwise models)."""
+    scores into P(relevant) (pointwise models). ``per_query``: filled with each evaluable
+    query's ``ndcg10`` and ``pair_accuracy`` (None: no pair to order)."""
     from tqdm.auto import tqdm
 
     ndcgs, accs, sq = [], [], []
@@ -107,6 +109,8 @@ def evaluate(
         acc = pair_accuracy(scores, rel)
         if acc is not None:
             accs.append(acc)
+        if per_query is not None:
+            per_query.setdefault(q, {}).update(ndcg10=ndcgs[-1], pair_accuracy=acc)
         if activation is not None:
             p = np.asarray(activation(scores), dtype=np.float64)
             sq.extend(((1.0 + 2.0 * p) - rel) ** 2)
@@ -120,10 +124,15 @@ def evaluate(
 
 
 def end_to_end_ndcg(
-    judged: Judged, search: Callable[[str], Sequence[str]], *, progress: bool = False
+    judged: Judged,
+    search: Callable[[str], Sequence[str]],
+    *,
+    progress: bool = False,
+    per_query: dict[str, dict[str, float | None]] | None = None,
 ) -> float:
     """NDCG@10 of the *condensed* final list: ``search(query)`` returns the final ranked ids of
-    the whole pipeline (top 100 retrieved, reranked); unjudged ids are removed."""
+    the whole pipeline (top 100 retrieved, reranked); unjudged ids are removed. ``per_query``:
+    filled with each query's ``e2e_ndcg10``."""
     from tqdm.auto import tqdm
 
     values = []
@@ -132,6 +141,8 @@ def end_to_end_ndcg(
         rel_of = dict(zip(ids, rel, strict=True))
         condensed = [rel_of[p] for p in search(q) if p in rel_of]
         values.append(ndcg_at(condensed, rel))
+        if per_query is not None:
+            per_query.setdefault(q, {})["e2e_ndcg10"] = values[-1]
     return float(np.mean(values))
 
 
@@ -144,7 +155,12 @@ def score_lookup(path, column: str = "score") -> dict[tuple[str, str], float]:
     return {(a, str(b)): float(c) for a, b, c in zip(q, p, s, strict=True)}
 
 
-def evaluate_scores(judged: Judged, path, column: str = "score") -> Metrics:
+def evaluate_scores(
+    judged: Judged,
+    path,
+    column: str = "score",
+    per_query: dict[str, dict[str, float | None]] | None = None,
+) -> Metrics:
     """Judged-candidate metrics of precomputed scores (a logit per (query, product_id)); RMSE
     through the sigmoid. Every evaluable judged pair must be in the file."""
     from reranker.errors import DataError
@@ -159,7 +175,25 @@ def evaluate_scores(judged: Judged, path, column: str = "score") -> Metrics:
         judged,
         lambda q, ids: np.array([lookup[(q, p)] for p in ids]),
         activation=lambda raw: 1.0 / (1.0 + np.exp(-raw)),
+        per_query=per_query,
     )
+
+
+PER_QUERY_COLUMNS = ("ndcg10", "pair_accuracy", "e2e_ndcg10")
+
+
+def write_per_query(path, per_query: dict[str, dict[str, float | None]]) -> None:
+    """One row per evaluated query: ``query`` and :data:`PER_QUERY_COLUMNS` (null where not
+    measured: no pair to order, no end to end), for a paired comparison of two systems
+    (``python -m reranker.training.paired``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    queries = sorted(per_query)
+    columns = {"query": pa.array(queries, pa.string())}
+    for c in PER_QUERY_COLUMNS:
+        columns[c] = pa.array([per_query[q].get(c) for q in queries], pa.float64())
+    pq.write_table(pa.table(columns), path)
 
 
 def load_judged(path) -> Judged:
@@ -185,8 +219,10 @@ def evaluate_system(
     e2e: bool = False,
     k: int = 100,
     progress: bool = True,
+    per_query: dict[str, dict[str, float | None]] | None = None,
 ) -> Metrics:
-    """BM25 (neither model given), a runtime model directory, or a Hugging Face model in torch."""
+    """BM25 (neither model given), a runtime model directory, or a Hugging Face model in torch;
+    ``per_query`` as :func:`evaluate` and :func:`end_to_end_ndcg` fill it."""
     from reranker.errors import DataError
 
     row_of = {p: i for i, p in enumerate(index.ids)}
@@ -237,7 +273,7 @@ def evaluate_system(
         def score(q, ids):
             return text_score(q, [p.text(model_fields) for p in products(ids)])
 
-    metrics = evaluate(judged, score, activation=activation, progress=progress)
+    metrics = evaluate(judged, score, activation=activation, progress=progress, per_query=per_query)
     if not e2e:
         return metrics
 
@@ -249,5 +285,5 @@ def evaluate_system(
         ids = [c.product.id for c in cands]
         return [ids[i] for i in rank_order(s, ids)]
 
-    value = end_to_end_ndcg(judged, search, progress=progress)
+    value = end_to_end_ndcg(judged, search, progress=progress, per_query=per_query)
     return Metrics(**{**metrics.to_dict(), "e2e_ndcg10": value})
