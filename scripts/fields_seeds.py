@@ -6,10 +6,12 @@ alone (issue 15, eighth session): does reading the title alone help the recipe, 
         --cache scores.parquet --output training/results/students/fields_seeds.json
 
 Scores every judged pair of both files with every student reading each field set once (kept in
-``--cache``, so a rerun only reads it), then for each (late, cross) pair and field set the blend
-``cross raw + 0.5 * late raw`` (the weight shipped before this study) with the evaluation
-protocol; the per-seed figures of each student alone; and, per field set, the mean over the pairs
-of every weight of the blend's grid. Held-out pairs are the choosing set, dev is only reported.
+``--cache``, so a rerun only reads it; ``--field-sets title`` reads the title alone only, e.g. for
+students trained on it), then for each (late, cross) pair and field set the blend
+``cross raw + w * late raw`` (``--weight``, default 0.5: the weight shipped before this
+study) with the evaluation protocol; the per-seed figures of each student alone; and, per field
+set, the mean over the pairs of every weight of the blend's grid. Held-out pairs are the choosing
+set, dev is only reported.
 """
 
 from __future__ import annotations
@@ -34,18 +36,20 @@ def named(values: list[str]) -> dict[str, str]:
     return dict(v.split("=", 1) for v in values)
 
 
-def score_all(models: dict[str, str], sets: dict[str, str], catalog: str, cache: Path):
+def score_all(
+    models: dict[str, str], sets: dict[str, str], catalog: str, cache: Path, field_sets: dict
+):
     """{(model, fields, set): {query: raw array in judged order}}, from ``cache`` if there."""
     if not cache.is_file():
         from reranker.models import open_model
         from reranker.training.data import catalog_texts
         from reranker.training.fields import score_judged
 
-        texts = {f: catalog_texts(catalog, names) for f, names in FIELD_SETS.items()}
+        texts = {f: catalog_texts(catalog, names) for f, names in field_sets.items()}
         rows = {c: [] for c in ("model", "fields", "set", "query", "position", "raw")}
         for name, path in models.items():
             model = open_model(path)
-            for f in FIELD_SETS:
+            for f in field_sets:
                 for s, judged_path in sets.items():
                     scores = score_judged(model, load_judged(judged_path), texts[f])
                     for q, raw in scores.items():
@@ -77,29 +81,38 @@ def main() -> None:
     ap.add_argument("--catalog", required=True)
     ap.add_argument("--cache", required=True, type=Path)
     ap.add_argument("--output", required=True, type=Path)
+    ap.add_argument(
+        "--field-sets",
+        nargs="+",
+        choices=sorted(FIELD_SETS),
+        default=list(FIELD_SETS),
+        help="which product texts to read (default: both)",
+    )
+    ap.add_argument("--weight", type=float, default=WEIGHT, help="the pairs' blend weight")
     args = ap.parse_args()
+    field_sets = {f: FIELD_SETS[f] for f in args.field_sets}
 
     late, cross = named(args.late), named(args.cross)
     models = {f"late {k}": v for k, v in late.items()} | {f"cross {k}": v for k, v in cross.items()}
     sets = {"held_out": args.held_out, "dev": args.dev}
-    scores = score_all(models, sets, args.catalog, args.cache)
+    scores = score_all(models, sets, args.catalog, args.cache, field_sets)
     judged = {s: load_judged(p) for s, p in sets.items()}
 
     alone = {
-        m: {f: {s: metrics(judged[s], scores[m, f, s]) for s in sets} for f in FIELD_SETS}
+        m: {f: {s: metrics(judged[s], scores[m, f, s]) for s in sets} for f in field_sets}
         for m in models
     }
     pairs = []
     for a in late:
         for b in cross:
             row = {"first": f"late {a}", "second": f"cross {b}"}
-            for f in FIELD_SETS:
+            for f in field_sets:
                 row[f] = {
                     s: metrics(
                         judged[s],
                         {
-                            q: scores[f"cross {b}", f, s][q] + WEIGHT * scores[f"late {a}", f, s][q]
-                            for q in scores[f"cross {b}", f, s]
+                            q: c + args.weight * scores[f"late {a}", f, s][q]
+                            for q, c in scores[f"cross {b}", f, s].items()
                         },
                     )
                     for s in sets
@@ -121,7 +134,7 @@ def main() -> None:
             }
             for s in sets
         }
-        for f in FIELD_SETS
+        for f in field_sets
     }
 
     def blend(f, s, a, b, w):
@@ -138,12 +151,12 @@ def main() -> None:
             }
             for s in sets
         }
-        for f in FIELD_SETS
+        for f in field_sets
     }
     result = {
-        "what": "each student alone and the blend cross raw + 0.5 * late raw of every pair of "
-        "seeds (int8), reading title + brand, color, material (as trained) or the title alone: "
-        "[pair accuracy, NDCG@10] on the held-out train slice and dev",
+        "what": f"each student alone and the blend cross raw + {args.weight} * late raw of "
+        "every pair of seeds (int8), reading title + brand, color, material (as trained) or the "
+        "title alone: [pair accuracy, NDCG@10] on the held-out train slice and dev",
         "alone": alone,
         "pairs": pairs,
         "summary_blend": summary,
@@ -151,9 +164,9 @@ def main() -> None:
     }
     args.output.write_text(json.dumps(result, indent=1))
     for m, d in alone.items():
-        print(m, {f: d[f] for f in FIELD_SETS})
+        print(m, {f: d[f] for f in field_sets})
     for p in pairs:
-        print(p["first"], "+", p["second"], {f: p[f] for f in FIELD_SETS})
+        print(p["first"], "+", p["second"], {f: p[f] for f in field_sets})
     print(json.dumps(summary, indent=1))
     print("mean pair accuracy over the pairs, by weight:", json.dumps(grid))
 
