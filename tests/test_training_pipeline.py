@@ -326,6 +326,11 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
     rows = pq.read_table(per_query).to_pylist()
     assert len(rows) == 2
     assert np.mean([r["e2e_ndcg10"] for r in rows]) == pytest.approx(metrics["e2e_ndcg10"])
+    bad = CliRunner().invoke(
+        main, ["eval", "--judged", str(dev), "--index-dir", str(built_index), "--model",
+               str(model_dir), "--per-query", str(tmp_path / "missing" / "q.parquet")],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "no directory" in bad.output and "Traceback" not in bad.output
     out = cli("eval", "--judged", dev, "--index-dir", built_index, "--hf-model", teacher)
     assert "NDCG@10" in out
 

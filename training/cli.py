@@ -576,6 +576,8 @@ def eval_cmd(
 
     if sum(x is not None for x in (model_dir, hf_model, scores)) > 1:
         raise click.UsageError("give one of --model, --hf-model and --scores")
+    if per_query is not None and not per_query.parent.is_dir():  # before the evaluation, not after
+        raise click.BadParameter(f"no directory {per_query.parent}", param_hint="--per-query")
     rows: dict | None = None if per_query is None else {}
     if scores is not None:
         if e2e:
@@ -586,7 +588,10 @@ def eval_cmd(
             judged, index_dir, model_dir, hf_model, variant, precision, fields, e2e, k, rows
         )
     if per_query is not None:
-        write_per_query(per_query, rows)
+        try:
+            write_per_query(per_query, rows)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {per_query}: {exc}") from None
     system = str(model_dir or hf_model or (f"{scores}:{score_column}" if scores else "BM25"))
     _print_metrics(system, m, as_json)
 
