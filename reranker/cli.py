@@ -642,7 +642,7 @@ def serve_cmd(
 @click.argument("second", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(
     "--second-k",
-    default="20",
+    default="12",
     show_default=True,
     callback=lambda ctx, param, value: _second_k(value),
     help="How many of the first stage's best candidates the second stage rescores, or 'all' "

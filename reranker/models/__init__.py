@@ -6,7 +6,7 @@ The package ships students as *profiles*, selectable by name wherever a model di
 accepted (``--model accurate``, ``open_model("accurate")``, ``RERANKER_MODEL=accurate``):
 
 - ``default`` (also ``fast``): a cascade (:mod:`reranker.cascade`) of the two students below:
-  the late student on every candidate, the cross-encoder on its best 20, ordered by their blend;
+  the late student on every candidate, the cross-encoder on its best 12, ordered by their blend;
   what every command uses without ``--model``.
 - ``accurate``: the same two students blended over every candidate (the cross-encoder on all of
   them), slower per query.
