@@ -362,3 +362,26 @@ def test_fields_study_compares_the_title_alone_and_sets_what_a_student_reads(
     assert cfg["fields"] == ["color"] and cfg["metadata"]["trained_fields"] == ["brand", "color"]
     with pytest.raises(SystemExit):  # not a student's directory: one line, no traceback
         fields.main([str(tmp_path), "--set", ""])
+
+
+def test_same_weights_tells_a_reexport_from_another_student(tmp_path, tiny_hf_model, capsys):
+    from reranker.training.export import export_model
+    from reranker.training.sameweights import compare, main
+
+    a = _student_copy(tiny_hf_model, tmp_path / "a", 13, 0.0)
+    b = _student_copy(tiny_hf_model, tmp_path / "b", 14, 0.5)
+    first, again, other = (
+        export_model(src, tmp_path / name, max_length=32)
+        for src, name in ((a, "first"), (a, "again"), (b, "other"))
+    )
+    int8 = "model.int8.onnx"
+    same = compare(first / int8, again / int8)
+    assert same["same"] and same["different"] == 0 and same["identical"] > 0
+    differs = compare(first / int8, other / int8)
+    assert not differs["same"] and differs["different"] > 0
+    assert differs["largest_differences"][0]["max_abs_diff"] > 0
+    assert main([str(first / int8), str(again / int8)]) == 0
+    capsys.readouterr()
+    assert main([str(first / int8), str(other / int8)]) == 1
+    assert json.loads(capsys.readouterr().out)["same"] is False
+    assert main([str(first / int8)]) == 2
