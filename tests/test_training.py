@@ -385,3 +385,7 @@ def test_same_weights_tells_a_reexport_from_another_student(tmp_path, tiny_hf_mo
     assert main([str(first / int8), str(other / int8)]) == 1
     assert json.loads(capsys.readouterr().out)["same"] is False
     assert main([str(first / int8)]) == 2
+    assert main([str(first / int8), str(tmp_path / "missing.onnx")]) == 2
+    (tmp_path / "not.onnx").write_text("not a graph")
+    assert main([str(first / int8), str(tmp_path / "not.onnx")]) == 2
+    assert "error: not two ONNX graphs" in capsys.readouterr().err

@@ -56,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m reranker.training.sameweights A.onnx B.onnx", file=sys.stderr)
         return 2
-    result = compare(*args)
+    for path in args:
+        if not Path(path).is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
+    try:
+        result = compare(*args)
+    except Exception as e:  # not an ONNX graph (onnx raises protobuf's DecodeError)
+        print(f"error: not two ONNX graphs: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2))
     return 0 if result["same"] else 1
 
