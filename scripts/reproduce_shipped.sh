@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 pq.write_table(pq.read_table(sys.argv[1]).slice(0, 53248), sys.argv[2])
 EOF
 
-# a thread count other than the shipped one sums in another order: another model
+# the shipped thread counts: another count would sum in another order (not tried)
 step "late-f48 (the default's first stage): seed 13, one thread"
 [ -f "$OUT/late-f48/distill_args.json" ] || reranker distill --arch late \
   --labelled "$ST/scores_members.parquet" --augmented "$OUT/augmented-first-53248.parquet" \
