@@ -23,11 +23,10 @@ def compare(a: str | Path, b: str | Path) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    weights = [
+    wa, wb = (
         {i.name: numpy_helper.to_array(i) for i in onnx.load(str(p)).graph.initializer}
         for p in (a, b)
-    ]
-    wa, wb = weights
+    )
     identical, different = 0, []
     for name in sorted(set(wa) & set(wb)):
         x, y = wa[name], wb[name]
@@ -60,9 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(path).is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
             return 2
+    from google.protobuf.message import DecodeError
+
     try:
         result = compare(*args)
-    except Exception as e:  # not an ONNX graph (onnx raises protobuf's DecodeError)
+    except DecodeError as e:  # what onnx.load raises on a file that is not a graph
         print(f"error: not two ONNX graphs: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
