@@ -580,6 +580,54 @@ def test_distill_reads_every_augmented_pair_unless_told_and_the_control_takes_la
         label_groups(DistillArgs(**{**control.__dict__, "augmented": str(tmp_path / "s.parquet")}))
 
 
+def test_label_weight_mixes_judged_labels_on_the_teachers_scale_and_leaves_augmented_pairs(
+    splits, tmp_path
+):
+    from reranker.training.distill import DistillArgs, training_groups
+
+    train, _ = splits
+    t = pq.read_table(train)
+    teacher = np.linspace(-2, 2, t.num_rows)
+    pq.write_table(t.append_column("score", pa.array(teacher)), tmp_path / "s.parquet")
+    aug = pa.table(
+        {"query": ["unjudged query"] * 2, "product_id": ["1", "2"], "score": [0.3, -0.7]}
+    )
+    pq.write_table(aug, tmp_path / "aug.parquet")
+    base = DistillArgs(
+        labelled=str(tmp_path / "s.parquet"),
+        catalog="",
+        output="",
+        augmented=str(tmp_path / "aug.parquet"),
+    )
+
+    def targets(weight):
+        info: dict = {}
+        args = DistillArgs(**{**base.__dict__, "label_weight": weight})
+        groups = training_groups(args, np.random.default_rng(0), info)
+        return {(q, p): s for q, c in groups.items() for p, s in c}, info
+
+    plain, none = targets(0.0)
+    labels_only, scale = targets(1.0)
+    half, _ = targets(0.5)
+    assert none == {}  # plain distillation reads the teacher's scores, nothing mixed
+    judged = [k for k in plain if k[0] != "unjudged query"]
+    y = (t.column("relevance").to_numpy() - 1) / 2
+    mapped = scale["label_scale_a"] + scale["label_scale_b"] * y
+    # the label put on the teacher's scale: the same mean and spread as the teacher's scores
+    assert mapped.mean() == pytest.approx(teacher.mean(), abs=1e-6)
+    assert mapped.std() == pytest.approx(teacher.std())
+    assert sorted(labels_only[k] for k in judged) == pytest.approx(sorted(mapped))
+    for k in judged:
+        assert half[k] == pytest.approx((plain[k] + labels_only[k]) / 2)
+    for k in (("unjudged query", "1"), ("unjudged query", "2")):  # augmented: the teacher's
+        assert plain[k] == labels_only[k] == half[k]
+    with pytest.raises(RerankerError, match="labels-bce uses labels alone"):
+        training_groups(
+            DistillArgs(**{**base.__dict__, "loss": "labels-bce", "label_weight": 0.5}),
+            np.random.default_rng(0),
+        )
+
+
 def test_holdout_split_is_seeded_and_disjoint(splits, tmp_path):
     from reranker.training.holdout import main as holdout
 

@@ -342,6 +342,15 @@ def label_cmd(
 @click.option(
     "--query-max-length", type=int, help="Late students: query tokens [default: max-length // 2]."
 )
+@click.option(
+    "--label-weight",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Mix the judged label into each labelled pair's target: (1 - w) * teacher + w * label "
+    "(put on the teacher's scale); augmented pairs keep the teacher's score. 0: plain "
+    "distillation.",
+)
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", type=int)
 @precision_option
@@ -363,6 +372,7 @@ def distill_cmd(
     max_length,
     arch,
     query_max_length,
+    label_weight,
     seed,
     threads,
     precision,
@@ -389,6 +399,7 @@ def distill_cmd(
             max_length=max_length,
             arch=arch,
             query_max_length=query_max_length,
+            label_weight=label_weight,
             seed=seed,
             threads=threads,
             precision=precision,

@@ -13,6 +13,12 @@ scored pair is seen once:
 trained directly on the judged labels of the labelled file (its ``relevance`` column mapped to
 soft targets ``(relevance - 1) / 2``, binary cross-entropy on the logit, as the teacher is), no
 teacher score and no augmented pair.
+
+``label_weight`` (between the two): the labelled pairs' targets become
+``(1 - w) * teacher + w * (a + b * soft target)``, the judged label put on the teacher's scale
+(``a``, ``b`` match the mean and spread of the teacher's scores over the labelled pairs); the
+augmented pairs keep the teacher's scores. 0 is plain distillation, 1 the labels alone (in the
+teacher's scale) wherever a label exists.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class DistillArgs:
     seed: int = 13
     threads: int | None = None
     precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has it natively
+    label_weight: float = 0.0  # mix the judged label into the labelled pairs' targets
     overwrite: bool = False
 
 
@@ -77,13 +84,50 @@ def read_scored(path: str) -> pa.Table:
     )
 
 
+def with_labels(path: str, weight: float) -> tuple[pa.Table, dict[str, float]]:
+    """The labelled file's teacher scores mixed with its judged labels (``label_weight``).
+
+    The soft target ``(relevance - 1) / 2`` is put on the teacher's scale by matching the mean
+    and standard deviation of the teacher's scores over these pairs, so that margins between
+    judged and augmented products stay comparable; returns the table and that map.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise RerankerError(f"--label-weight must lie in [0, 1], not {weight}")
+    t = read_pairs(path, ("query", "product_id", "score", "relevance"))
+    score = t.column("score").to_numpy().astype(np.float64)
+    target = soft_targets(t.column("relevance").to_numpy()).astype(np.float64)
+    if target.std() == 0:
+        raise RerankerError(f"{path}: every judged label is the same; nothing to mix in")
+    b = score.std() / target.std()
+    a = score.mean() - b * target.mean()
+    mixed = (1 - weight) * score + weight * (a + b * target)
+    table = pa.table(
+        {"query": t.column("query"), "product_id": t.column("product_id"), "score": mixed}
+    )
+    return table, {"label_scale_a": float(a), "label_scale_b": float(b)}
+
+
 def training_groups(
-    args: DistillArgs, rng: np.random.Generator
+    args: DistillArgs, rng: np.random.Generator, info: dict | None = None
 ) -> dict[str, list[tuple[str, float]]]:
-    """Query → [(product id, teacher score)], labelled pairs plus the augmented sample."""
+    """Query → [(product id, teacher score)], labelled pairs plus the augmented sample.
+
+    With ``label_weight`` the labelled pairs' targets are mixed (:func:`with_labels`) and the
+    label's scale map goes into ``info``."""
     if args.loss == "labels-bce":
+        if args.label_weight:
+            raise RerankerError("--label-weight is for distillation; labels-bce uses labels alone")
         return label_groups(args)
-    tables = [read_scored(args.labelled)] if args.labelled else []
+    if args.label_weight and not args.labelled:
+        raise RerankerError("--label-weight mixes judged labels in: give --labelled")
+    tables = []
+    if args.labelled and args.label_weight:
+        mixed, scale = with_labels(args.labelled, args.label_weight)
+        tables.append(mixed)
+        if info is not None:
+            info |= scale
+    elif args.labelled:
+        tables.append(read_scored(args.labelled))
     if args.augment_size and not args.augmented:
         raise RerankerError("--augment-size needs --augmented (teacher-scored augmented pairs)")
     if args.augmented and args.augment_size is None:
@@ -173,7 +217,8 @@ def distill(args: DistillArgs) -> Path:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    groups = training_groups(args, rng)
+    label_scale: dict[str, float] = {}
+    groups = training_groups(args, rng, label_scale)
     texts = catalog_texts(args.catalog, args.fields)
     missing = {p for cands in groups.values() for p, _ in cands if p not in texts}
     if missing:
@@ -255,6 +300,7 @@ def distill(args: DistillArgs) -> Path:
         "final_loss_last100": float(np.mean(losses[-100:])) if losses else None,
         "precision_used": precision,
     }
+    meta |= label_scale
     (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
     return out
 
