@@ -10,8 +10,10 @@ Scores every judged pair of both files with every student reading each field set
 students trained on it), then for each (late, cross) pair and field set the blend
 ``cross raw + w * late raw`` (``--weight``, default 0.5: the weight shipped before this
 study) with the evaluation protocol; the per-seed figures of each student alone; and, per field
-set, the mean over the pairs of every weight of the blend's grid. Held-out pairs are the choosing
-set, dev is only reported.
+set, the mean over the pairs of every weight of the blend's grid, and each cross-encoder's blends
+averaged over the late seeds (to compare two cross-encoder recipes). Held-out pairs are the
+choosing set, dev is only reported. A later run with other ``--late`` / ``--cross`` subsets can
+read the same cache if the first run scored every model.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def main() -> None:
             s: {
                 what: {
                     "mean": round(statistics.mean(v), 4),
-                    "sd": round(statistics.stdev(v), 4),
+                    "sd": round(statistics.stdev(v), 4) if len(v) > 1 else None,
                     "min": min(v),
                     "max": max(v),
                 }
@@ -153,6 +155,21 @@ def main() -> None:
         }
         for f in field_sets
     }
+    by_second = {
+        f"cross {b}": {
+            f: {
+                s: [
+                    round(
+                        statistics.mean(p[f][s][i] for p in pairs if p["second"] == f"cross {b}"), 4
+                    )
+                    for i in (0, 1)
+                ]
+                for s in sets
+            }
+            for f in field_sets
+        }
+        for b in cross
+    }
     result = {
         "what": f"each student alone and the blend cross raw + {args.weight} * late raw of "
         "every pair of seeds (int8), reading title + brand, color, material (as trained) or the "
@@ -160,6 +177,7 @@ def main() -> None:
         "alone": alone,
         "pairs": pairs,
         "summary_blend": summary,
+        "mean_over_first_seeds_by_second": by_second,
         "mean_pair_accuracy_by_weight": grid,
     }
     args.output.write_text(json.dumps(result, indent=1))
@@ -168,6 +186,7 @@ def main() -> None:
     for p in pairs:
         print(p["first"], "+", p["second"], {f: p[f] for f in field_sets})
     print(json.dumps(summary, indent=1))
+    print("each cross-encoder's blends, mean over the late seeds:", json.dumps(by_second))
     print("mean pair accuracy over the pairs, by weight:", json.dumps(grid))
 
 
