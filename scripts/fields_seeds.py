@@ -11,7 +11,8 @@ students trained on it), then for each (late, cross) pair and field set the blen
 ``cross raw + w * late raw`` (``--weight``, default 0.5: the weight shipped before this
 study) with the evaluation protocol; the per-seed figures of each student alone; and, per field
 set, the mean over the pairs of every weight of the blend's grid, and each cross-encoder's blends
-averaged over the late seeds (to compare two cross-encoder recipes). Held-out pairs are the
+averaged over the late seeds, at ``--weight`` and over the grid (to compare cross-encoder recipes;
+``--cross-mean NAME=A+B`` adds the mean of two of them as one more). Held-out pairs are the
 choosing set, dev is only reported. A later run with other ``--late`` / ``--cross`` subsets can
 read the same cache if the first run scored every model.
 """
@@ -91,6 +92,13 @@ def main() -> None:
         help="which product texts to read (default: both)",
     )
     ap.add_argument("--weight", type=float, default=WEIGHT, help="the pairs' blend weight")
+    ap.add_argument(
+        "--cross-mean",
+        nargs="+",
+        default=[],
+        help="NAME=A+B: a second stage whose raw score is the mean of the --cross seeds A and B",
+    )
+    ap.add_argument("--grid", nargs="+", type=float, default=GRID, help="blend weights to sweep")
     args = ap.parse_args()
     field_sets = {f: FIELD_SETS[f] for f in args.field_sets}
 
@@ -99,6 +107,16 @@ def main() -> None:
     sets = {"held_out": args.held_out, "dev": args.dev}
     scores = score_all(models, sets, args.catalog, args.cache, field_sets)
     judged = {s: load_judged(p) for s, p in sets.items()}
+    for name, parts in named(args.cross_mean).items():
+        a, b = (f"cross {x}" for x in parts.split("+"))
+        if a not in models or b not in models:
+            ap.error(f"--cross-mean {name}={parts}: both must be --cross names")
+        for f in field_sets:
+            for s in sets:
+                sa, sb = scores[a, f, s], scores[b, f, s]
+                scores[f"cross {name}", f, s] = {q: (sa[q] + sb[q]) / 2 for q in sa}
+        cross[name] = f"mean of {a}, {b}"
+        models[f"cross {name}"] = cross[name]
 
     alone = {
         m: {f: {s: metrics(judged[s], scores[m, f, s]) for s in sets} for f in field_sets}
@@ -143,27 +161,27 @@ def main() -> None:
         c, late_raw = scores[f"cross {b}", f, s], scores[f"late {a}", f, s]
         return metrics(judged[s], {q: c[q] + w * late_raw[q] for q in c})
 
+    def mean_pair_accuracy(f, s, seconds, w):
+        return round(statistics.mean(blend(f, s, a, b, w)[0] for a in late for b in seconds), 4)
+
     grid = {
-        f: {
-            s: {
-                str(w): round(
-                    statistics.mean(blend(f, s, a, b, w)[0] for a in late for b in cross), 4
-                )
-                for w in GRID
-            }
-            for s in sets
-        }
+        f: {s: {str(w): mean_pair_accuracy(f, s, cross, w) for w in args.grid} for s in sets}
         for f in field_sets
     }
+
+    def by_late_mean(b, f, s):  # one cross-encoder's blends at --weight, mean over the late seeds
+        rows = [p[f][s] for p in pairs if p["second"] == f"cross {b}"]
+        return [round(statistics.mean(r[i] for r in rows), 4) for i in (0, 1)]
+
     by_second = {
         f"cross {b}": {
             f: {
-                s: [
-                    round(
-                        statistics.mean(p[f][s][i] for p in pairs if p["second"] == f"cross {b}"), 4
-                    )
-                    for i in (0, 1)
-                ]
+                s: {
+                    "at_weight": by_late_mean(b, f, s),
+                    "pair_accuracy_by_weight": {
+                        str(w): mean_pair_accuracy(f, s, [b], w) for w in args.grid
+                    },
+                }
                 for s in sets
             }
             for f in field_sets
