@@ -10,11 +10,13 @@ Scores every judged pair of both files with every student reading each field set
 students trained on it), then for each (late, cross) pair and field set the blend
 ``cross raw + w * late raw`` (``--weight``, default 0.5: the weight shipped before this
 study) with the evaluation protocol; the per-seed figures of each student alone; and, per field
-set, the mean over the pairs of every weight of the blend's grid, and each cross-encoder's blends
+set, the spread over the pairs of seeds and their mean at every weight of the blend's grid
+(``--cross-mean`` pairs left out of both), and each cross-encoder's blends
 averaged over the late seeds, at ``--weight`` and over the grid (to compare cross-encoder recipes;
-``--cross-mean NAME=A+B`` adds the mean of two of them as one more). Held-out pairs are the
-choosing set, dev is only reported. A later run with other ``--late`` / ``--cross`` subsets can
-read the same cache if the first run scored every model.
+``--cross-mean NAME=A+B[+C]`` adds the mean of several of them as one more). Held-out pairs are the
+choosing set, dev is only reported. A later run reads the cache and scores only the students it
+lacks; the cache is keyed by name (``late s13``), so a name given to another directory reads the
+old scores: use a new name for a new student.
 """
 
 from __future__ import annotations
@@ -42,25 +44,35 @@ def named(values: list[str]) -> dict[str, str]:
 def score_all(
     models: dict[str, str], sets: dict[str, str], catalog: str, cache: Path, field_sets: dict
 ):
-    """{(model, fields, set): {query: raw array in judged order}}, from ``cache`` if there."""
-    if not cache.is_file():
+    """{(model, fields, set): {query: raw array in judged order}}; what ``cache`` lacks is scored
+    and added to it, so a rerun with one more model scores that model only."""
+    have = set()
+    if cache.is_file():
+        t = pq.read_table(cache, columns=["model", "fields"]).to_pydict()
+        have = set(zip(t["model"], t["fields"], strict=True))
+    todo = [(m, f) for m in models for f in field_sets if (m, f) not in have]
+    if todo:
         from reranker.models import open_model
         from reranker.training.data import catalog_texts
         from reranker.training.fields import score_judged
 
-        texts = {f: catalog_texts(catalog, names) for f, names in field_sets.items()}
+        texts = {f: catalog_texts(catalog, field_sets[f]) for f in {f for _, f in todo}}
         rows = {c: [] for c in ("model", "fields", "set", "query", "position", "raw")}
-        for name, path in models.items():
-            model = open_model(path)
-            for f in field_sets:
-                for s, judged_path in sets.items():
-                    scores = score_judged(model, load_judged(judged_path), texts[f])
-                    for q, raw in scores.items():
-                        for i, r in enumerate(raw):
-                            for c, v in zip(rows, (name, f, s, q, i, float(r)), strict=True):
-                                rows[c].append(v)
-            print(f"scored {name}", flush=True)
-        pq.write_table(pa.table(rows), cache)
+        for name, f in todo:
+            model = open_model(models[name])
+            for s, judged_path in sets.items():
+                scores = score_judged(model, load_judged(judged_path), texts[f])
+                for q, raw in scores.items():
+                    for i, r in enumerate(raw):
+                        for c, v in zip(rows, (name, f, s, q, i, float(r)), strict=True):
+                            rows[c].append(v)
+            print(f"scored {name} ({f})", flush=True)
+        new = pa.table(rows)
+        if cache.is_file():
+            new = pa.concat_tables([pq.read_table(cache), new])
+        tmp = cache.with_name(cache.name + ".tmp")
+        pq.write_table(new, tmp)
+        tmp.replace(cache)
     t = pq.read_table(cache).to_pydict()
     out: dict = {}
     for m, f, s, q, i, r in zip(*(t[c] for c in t), strict=True):
@@ -96,7 +108,7 @@ def main() -> None:
         "--cross-mean",
         nargs="+",
         default=[],
-        help="NAME=A+B: a second stage whose raw score is the mean of the --cross seeds A and B",
+        help="NAME=A+B[+C...]: a second stage whose raw score is the mean of those --cross seeds",
     )
     ap.add_argument("--grid", nargs="+", type=float, default=GRID, help="blend weights to sweep")
     args = ap.parse_args()
@@ -107,15 +119,18 @@ def main() -> None:
     sets = {"held_out": args.held_out, "dev": args.dev}
     scores = score_all(models, sets, args.catalog, args.cache, field_sets)
     judged = {s: load_judged(p) for s, p in sets.items()}
+    seeds = list(cross)  # the spread and the grid are the recipe's: the seeds, not their means
     for name, parts in named(args.cross_mean).items():
-        a, b = (f"cross {x}" for x in parts.split("+"))
-        if a not in models or b not in models:
-            ap.error(f"--cross-mean {name}={parts}: both must be --cross names")
+        members = [f"cross {x}" for x in parts.split("+")]
+        if len(members) < 2 or any(m not in models for m in members):
+            ap.error(f"--cross-mean {name}={parts}: two or more --cross names joined by +")
         for f in field_sets:
             for s in sets:
-                sa, sb = scores[a, f, s], scores[b, f, s]
-                scores[f"cross {name}", f, s] = {q: (sa[q] + sb[q]) / 2 for q in sa}
-        cross[name] = f"mean of {a}, {b}"
+                each = [scores[m, f, s] for m in members]
+                scores[f"cross {name}", f, s] = {
+                    q: sum(e[q] for e in each) / len(each) for q in each[0]
+                }
+        cross[name] = f"mean of {', '.join(members)}"
         models[f"cross {name}"] = cross[name]
 
     alone = {
@@ -138,6 +153,7 @@ def main() -> None:
                     for s in sets
                 }
             pairs.append(row)
+    seed_pairs = [p for p in pairs if p["second"].removeprefix("cross ") in seeds]
     summary = {
         f: {
             s: {
@@ -148,8 +164,8 @@ def main() -> None:
                     "max": max(v),
                 }
                 for what, v in (
-                    ("pair_accuracy", [p[f][s][0] for p in pairs]),
-                    ("ndcg10", [p[f][s][1] for p in pairs]),
+                    ("pair_accuracy", [p[f][s][0] for p in seed_pairs]),
+                    ("ndcg10", [p[f][s][1] for p in seed_pairs]),
                 )
             }
             for s in sets
@@ -165,7 +181,7 @@ def main() -> None:
         return round(statistics.mean(blend(f, s, a, b, w)[0] for a in late for b in seconds), 4)
 
     grid = {
-        f: {s: {str(w): mean_pair_accuracy(f, s, cross, w) for w in args.grid} for s in sets}
+        f: {s: {str(w): mean_pair_accuracy(f, s, seeds, w) for w in args.grid} for s in sets}
         for f in field_sets
     }
 
