@@ -15,8 +15,9 @@ set, the spread over the pairs of seeds and their mean at every weight of the bl
 averaged over the late seeds, at ``--weight`` and over the grid (to compare cross-encoder recipes;
 ``--cross-mean NAME=A+B[+C]`` adds the mean of several of them as one more). Held-out pairs are the
 choosing set, dev is only reported. A later run reads the cache and scores only the students it
-lacks; the cache is keyed by name (``late s13``), so a name given to another directory reads the
-old scores: use a new name for a new student.
+lacks; the cache is keyed by name (``late s13``) and field set, not by directory or judged file,
+so a name given to another directory, or another --held-out / --dev, reads the old scores: use a
+new name for a new student and a new cache for new judged files.
 """
 
 from __future__ import annotations
