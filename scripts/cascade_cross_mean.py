@@ -22,8 +22,9 @@ import json
 from pathlib import Path
 
 import reranker.models as models
-from reranker.cascade import NO_SPINNING, CascadeReranker
+from reranker.cascade import NO_SPINNING, CascadeConfig, CascadeReranker
 from reranker.crossencoder import Scores
+from reranker.errors import RerankerError
 from reranker.index import BM25Index
 from reranker.training.evaluate import evaluate_system, load_judged, write_per_query
 
@@ -65,20 +66,23 @@ def main() -> None:
 
     models.open_model = with_mean  # evaluate_system opens the model by this name
     rows: dict = {}
-    m = evaluate_system(
-        load_judged(args.judged),
-        BM25Index.load(args.index_dir),
-        model_dir=str(args.cascade),
-        e2e=args.e2e,
-        per_query=rows,
-    )
-    if args.per_query:
-        write_per_query(args.per_query, rows)
-    cfg = json.loads((args.cascade / "reranker.json").read_text())
+    try:
+        cfg = CascadeConfig.read(args.cascade)
+        m = evaluate_system(
+            load_judged(args.judged),
+            BM25Index.load(args.index_dir),
+            model_dir=str(args.cascade),
+            e2e=args.e2e,
+            per_query=rows,
+        )
+        if args.per_query:
+            write_per_query(args.per_query, rows)
+    except (RerankerError, OSError) as exc:
+        raise SystemExit(f"cascade_cross_mean: {exc}") from None
     out = {
         "system": f"{args.cascade} with its second stage averaged with {args.other}",
-        "second_k": cfg.get("second_k"),
-        "first_weight": cfg.get("first_weight"),
+        "second_k": cfg.second_k,
+        "first_weight": cfg.first_weight,
         "judged": str(args.judged),
         **m.to_dict(),
     }

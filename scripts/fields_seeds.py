@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reranker.errors import RerankerError
 from reranker.training.evaluate import evaluate, load_judged
 
 FIELD_SETS = {"attributes": ("brand", "color", "material"), "title": ()}
@@ -42,9 +43,7 @@ def named(values: list[str]) -> dict[str, str]:
     return dict(v.split("=", 1) for v in values)
 
 
-def score_all(
-    models: dict[str, str], sets: dict[str, str], catalog: str, cache: Path, field_sets: dict
-):
+def score_all(models: dict[str, str], judged: dict, catalog: str, cache: Path, field_sets: dict):
     """{(model, fields, set): {query: raw array in judged order}}; what ``cache`` lacks is scored
     and added to it, so a rerun with one more model scores that model only."""
     have = set()
@@ -59,15 +58,15 @@ def score_all(
 
         texts = {f: catalog_texts(catalog, field_sets[f]) for f in {f for _, f in todo}}
         rows = {c: [] for c in ("model", "fields", "set", "query", "position", "raw")}
-        for name, f in todo:
+        for name in dict.fromkeys(m for m, _ in todo):  # each model opened once
             model = open_model(models[name])
-            for s, judged_path in sets.items():
-                scores = score_judged(model, load_judged(judged_path), texts[f])
-                for q, raw in scores.items():
-                    for i, r in enumerate(raw):
-                        for c, v in zip(rows, (name, f, s, q, i, float(r)), strict=True):
-                            rows[c].append(v)
-            print(f"scored {name} ({f})", flush=True)
+            for f in (f for m, f in todo if m == name):
+                for s, js in judged.items():
+                    for q, raw in score_judged(model, js, texts[f]).items():
+                        for i, r in enumerate(raw):
+                            for c, v in zip(rows, (name, f, s, q, i, float(r)), strict=True):
+                                rows[c].append(v)
+                print(f"scored {name} ({f})", flush=True)
         new = pa.table(rows)
         if cache.is_file():
             new = pa.concat_tables([pq.read_table(cache), new])
@@ -118,8 +117,11 @@ def main() -> None:
     late, cross = named(args.late), named(args.cross)
     models = {f"late {k}": v for k, v in late.items()} | {f"cross {k}": v for k, v in cross.items()}
     sets = {"held_out": args.held_out, "dev": args.dev}
-    scores = score_all(models, sets, args.catalog, args.cache, field_sets)
-    judged = {s: load_judged(p) for s, p in sets.items()}
+    try:
+        judged = {s: load_judged(p) for s, p in sets.items()}
+        scores = score_all(models, judged, args.catalog, args.cache, field_sets)
+    except RerankerError as exc:
+        raise SystemExit(f"fields_seeds: {exc}") from None
     seeds = list(cross)  # the spread and the grid are the recipe's: the seeds, not their means
     for name, parts in named(args.cross_mean).items():
         members = [f"cross {x}" for x in parts.split("+")]
