@@ -7,8 +7,13 @@ of sample for both), on train's held-out slice and, for the new member alone, on
         --second-held-out S14_holdout.parquet \\
         --second-dev S14_dev.parquet --output training/results/teacher/second_member.json
 
+    python scripts/second_member.py ... --name "mpnet, title alone" \\
+        --second-held-out TITLE_holdout.parquet --second-dev TITLE_dev.parquet \\
+        --output training/results/teacher/title_member.json
+
 ``--first``: the committed teacher scores of train's judged pairs (``score_mpnet`` and the
-ensemble's ``score``); ``--second-*``: `reranker label` files of the new member.
+ensemble's ``score``); ``--second-*``: `reranker label` files of the new member; ``--name``: how
+the output names it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name in ("held-out", "dev", "first", "second-held-out", "second-dev", "output"):
         ap.add_argument(f"--{name}", required=True)
+    ap.add_argument("--name", default="mpnet seed 14 (second member)", help="the new member's")
     args = ap.parse_args()
+    new = args.name
     held, dev = load_judged(args.held_out), load_judged(args.dev)
     first = {c: score_lookup(args.first, c) for c in ("score_mpnet", "score")}
     second_held, second_dev = (
@@ -46,16 +53,20 @@ def main() -> None:
             "teacher ensemble (MiniLM 0.05, mpnet 0.95; weights fitted on this slice)": metrics(
                 held, lambda q, p: first["score"][(q, p)]
             ),
-            "mpnet seed 14 (second member)": metrics(held, lambda q, p: s2[(q, p)]),
+            new: metrics(held, lambda q, p: s2[(q, p)]),
             "mean of the two mpnet members (equal weights, not fitted)": metrics(
                 held, lambda q, p: 0.5 * mp[(q, p)] + 0.5 * s2[(q, p)]
             ),
         },
-        "dev": {"mpnet seed 14 (second member)": metrics(dev, lambda q, p: second_dev[(q, p)])},
+        "dev": {new: metrics(dev, lambda q, p: second_dev[(q, p)])},
     }
     queries = held.evaluable().items()  # per held-out query: the mean minus the first member
     one = {q: np.array([mp[(q, p)] for p in ids]) for q, (ids, _) in queries}
-    two = {q: 0.5 * one[q] + 0.5 * np.array([s2[(q, p)] for p in ids]) for q, (ids, _) in queries}
+    alone = {q: np.array([s2[(q, p)] for p in ids]) for q, (ids, _) in queries}
+    two = {q: 0.5 * one[q] + 0.5 * alone[q] for q in one}
+    result["held_out_gain_of_the_new_member_over_the_first"] = bootstrap(
+        paired_gain(held, alone, one)
+    )
     result["held_out_gain_of_the_mean_over_the_first_member"] = bootstrap(
         paired_gain(held, two, one)
     )
