@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from reranker.errors import RerankerError
 from reranker.training.evaluate import evaluate, load_judged
 
 
@@ -58,7 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.cache.is_file():
         raise SystemExit(f"blend_forms: no score cache at {args.cache}")
-    judged = {"held_out": load_judged(args.held_out), "dev": load_judged(args.dev)}
+    try:
+        judged = {"held_out": load_judged(args.held_out), "dev": load_judged(args.dev)}
+    except RerankerError as exc:
+        raise SystemExit(f"blend_forms: {exc}") from None
     t = pq.read_table(args.cache).to_pydict()
     raw: dict = {}
     for m, f, s, q, i, r in zip(*(t[c] for c in t), strict=True):
