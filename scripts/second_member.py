@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from reranker.errors import RerankerError
 from reranker.training.blend import bootstrap, paired_gain
 from reranker.training.evaluate import evaluate, load_judged, score_lookup
 
@@ -40,12 +41,15 @@ def main() -> None:
     ap.add_argument("--name", default="mpnet seed 14 (second member)", help="the new member's")
     args = ap.parse_args()
     new = args.name
-    held, dev = load_judged(args.held_out), load_judged(args.dev)
-    first = {c: score_lookup(args.first, c) for c in ("score_mpnet", "score")}
-    second_held, second_dev = (
-        score_lookup(args.second_held_out, "score"),
-        score_lookup(args.second_dev, "score"),
-    )
+    try:
+        held, dev = load_judged(args.held_out), load_judged(args.dev)
+        first = {c: score_lookup(args.first, c) for c in ("score_mpnet", "score")}
+        second_held, second_dev = (
+            score_lookup(args.second_held_out, "score"),
+            score_lookup(args.second_dev, "score"),
+        )
+    except (RerankerError, OSError) as exc:
+        raise SystemExit(f"second_member: {exc}") from None
     mp, s2 = first["score_mpnet"], second_held
     result = {
         "held_out": {
@@ -60,7 +64,7 @@ def main() -> None:
         },
         "dev": {new: metrics(dev, lambda q, p: second_dev[(q, p)])},
     }
-    queries = held.evaluable().items()  # per held-out query: the mean minus the first member
+    queries = held.evaluable().items()  # per held-out query: new member / mean minus the first
     one = {q: np.array([mp[(q, p)] for p in ids]) for q, (ids, _) in queries}
     alone = {q: np.array([s2[(q, p)] for p in ids]) for q, (ids, _) in queries}
     two = {q: 0.5 * one[q] + 0.5 * alone[q] for q in one}
