@@ -38,6 +38,8 @@ THREADS=${THREADS:-2}
 TAG=${TAG:-}                              # PHASE=shipped: appended to the run names (e.g. -a251k)
 AUG_SIZE=${AUG_SIZE:-}                    # PHASE=shipped: cut the augmented pairs (time), e.g. 200000
 PRECISION=${PRECISION:-auto}
+LOSS=${LOSS:-listwise}                    # PHASE=shipped: listwise (margin-MSE) or listwise-kl
+TEMPERATURE=${TEMPERATURE:-}              # PHASE=shipped, LOSS=listwise-kl: its temperature
 FIELDS=${FIELDS-brand,color,material}     # the attributes the students read after the title ("": the title alone)
 FIRST=${FIRST:-late-f48}                  # PHASE=cascade: runs under $ST (exported: NAME-onnx)
 SECOND=${SECOND:-cross-f64}
@@ -79,6 +81,7 @@ if [ "$PHASE" = shipped ]; then
     step "$name: all of train's scores (minus the held-out slice) + the augmented shards"
     [ -f "$ST/$name/distill_args.json" ] || timed "$name" reranker distill \
       --labelled "$ST/scores_members.parquet" --augmented "$AUG" ${AUG_SIZE:+--augment-size "$AUG_SIZE"} \
+      --loss "$LOSS" ${TEMPERATURE:+--temperature "$TEMPERATURE"} \
       --catalog "$DATA/products.parquet" "${args[@]}" ${LAYERS:+--layers "$LAYERS"} --epochs 1 --seed "$SEED" --threads "$THREADS" --precision "$PRECISION" --output "$ST/$name"
     export_student "$name"
     evaluate "$name" int8 --e2e

@@ -17,6 +17,7 @@ from reranker.training.evaluate import (
 )
 from reranker.training.losses import (
     ListwiseMarginMSELoss,
+    listwise_kl,
     margin_mse_listwise,
     margin_mse_triples,
     student_logits,
@@ -41,6 +42,41 @@ def test_listwise_margin_mse_by_hand_with_padding():
     assert margin_mse_listwise(s, t, mask).item() == pytest.approx(expected)
     with pytest.raises(ValueError, match=r"must both be \(lists, candidates\)"):
         margin_mse_listwise(s[0], t[0])
+
+
+def test_listwise_kl_by_hand_with_padding():
+    s = torch.tensor([[0.0, 1.0, 5.0], [2.0, 0.0, 0.0]])
+    t = torch.tensor([[1.0, 0.0, -9.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    temp = 0.5
+
+    def kl(sv, tv):
+        p = torch.softmax(torch.tensor(tv) / temp, 0)
+        q = torch.softmax(torch.tensor(sv) / temp, 0)
+        return (p * (p.log() - q.log())).sum() * temp**2
+
+    expected = (kl([0.0, 1.0], [1.0, 0.0]) + kl([2.0, 0.0], [0.0, 0.0])) / 2
+    assert listwise_kl(s, t, mask, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+    # the padded third candidate takes no probability: its scores change nothing
+    s2, t2 = s.clone(), t.clone()
+    s2[:, 2], t2[:, 2] = -40.0, 40.0
+    assert listwise_kl(s2, t2, mask, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert listwise_kl(t, t, mask, temp).item() == pytest.approx(0.0, abs=1e-7)
+    # a shift of a list's scores changes no softmax
+    assert listwise_kl(s + 3.0, t, mask, temp).item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        listwise_kl(s, t, mask, 0.0)
+    with pytest.raises(ValueError, match="no list in the batch has two"):
+        listwise_kl(s[:, :1], t[:, :1])
+
+
+def test_listwise_kl_at_a_high_temperature_is_a_centred_mse():
+    # KL * T^2 -> sum_i (d_i - mean d)^2 / (2 n) for d = s - t, as T grows
+    s = torch.tensor([[0.3, -0.2, 0.9, 0.1]], dtype=torch.float64)
+    t = torch.tensor([[0.0, 0.4, 0.5, -0.3]], dtype=torch.float64)
+    d = s - t
+    centred = ((d - d.mean()) ** 2).sum() / (2 * d.shape[1])
+    assert listwise_kl(s, t, temperature=1e3).item() == pytest.approx(centred.item(), rel=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +113,11 @@ def test_listwise_loss_module_matches_the_formula(student):
             for j in range(i + 1, len(t)):
                 terms.append(((s[i] - s[j]) - (t[i] - t[j])) ** 2)
     assert loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    kl = ListwiseMarginMSELoss(student, temperature=0.5)(queries, cands, teacher)
+    padded = torch.stack([s1, torch.cat([s2, s2.new_zeros(1)])])
+    t = torch.tensor([teacher[0], teacher[1] + [0.0]])
+    mask = torch.tensor([[True] * 3, [True, True, False]])
+    assert kl.item() == pytest.approx(listwise_kl(padded, t, mask, 0.5).item(), rel=1e-5)
 
 
 def test_gain_and_ndcg_by_hand():

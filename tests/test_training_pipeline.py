@@ -10,10 +10,12 @@ import textwrap
 import time
 
 import numpy as np
+import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from onnx import numpy_helper
 
 from reranker.cli import main
 from reranker.errors import DataError, RerankerError
@@ -273,7 +275,7 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
     )
     assert "labelled" in out
     n_aug = pq.read_table(tmp_path / "aug_scores.parquet").num_rows
-    for loss in ("listwise", "triples", "labels-bce"):
+    for loss in ("listwise", "triples", "listwise-kl", "labels-bce"):
         student = tmp_path / f"student-{loss}"
         data = (  # the control reads the judged labels directly, no teacher scores
             ["--labelled", train, "--precision", "bf16"]
@@ -306,10 +308,21 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
             "8",
         )
         meta = json.loads((student / "distill_args.json").read_text())
-        assert meta["layers"] == 1 and meta["pairs"] >= len(TRAIN)
+        assert meta["layers"] == 1 and meta["pairs"] >= len(TRAIN) and meta["loss"] == loss
         if loss == "labels-bce":
             assert meta["precision_used"] == "bf16" and meta["pairs"] == len(TRAIN)
         cli("export", student, "--output", tmp_path / f"onnx-{loss}", "--max-length", "32")
+        int8 = onnx.load(str(tmp_path / f"onnx-{loss}" / "model.int8.onnx"))
+        weights = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+        # 7-bit weights (reduce_range): exact on CPUs without VNNI too
+        assert (
+            max(
+                np.abs(weights[n.input[1]].astype(int)).max()
+                for n in int8.graph.node
+                if n.op_type == "MatMulInteger"
+            )
+            <= 64
+        )
     model_dir = tmp_path / "onnx-listwise"
     cfg = json.loads((model_dir / "reranker.json").read_text())
     assert cfg["fields"] == ["brand", "color", "material"]

@@ -315,11 +315,19 @@ def label_cmd(
 @fields_option
 @click.option(
     "--loss",
-    type=click.Choice(["listwise", "triples", "labels-bce"]),
+    type=click.Choice(["listwise", "triples", "listwise-kl", "labels-bce"]),
     default="listwise",
     show_default=True,
-    help="Margin-MSE over all pairs of a candidate list, or (q, a, b) triples; labels-bce: the "
-    "control, BCE on the labelled file's judged relevance, no teacher.",
+    help="Margin-MSE over all pairs of a candidate list, or (q, a, b) triples; listwise-kl: the "
+    "KL divergence of the teacher's softmax over a list (at --temperature) to the student's; "
+    "labels-bce: the control, BCE on the labelled file's judged relevance, no teacher.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, min_open=True),
+    default=0.3,
+    show_default=True,
+    help="listwise-kl: the softmax temperature on both scores (lower: more weight on the top).",
 )
 @click.option("--list-size", default=8, show_default=True)
 @click.option("--batch-pairs", default=32, show_default=True, help="(query, product) pairs a step.")
@@ -365,6 +373,7 @@ def distill_cmd(
     layers,
     fields,
     loss,
+    temperature,
     list_size,
     batch_pairs,
     lr,
@@ -392,6 +401,7 @@ def distill_cmd(
             layers=layers,
             fields=_fields(fields),
             loss=loss,
+            temperature=temperature,
             list_size=list_size,
             batch_pairs=batch_pairs,
             lr=lr,

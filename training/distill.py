@@ -9,6 +9,10 @@ scored pair is seen once:
 - ``listwise``: each query's shuffled candidates are cut into lists of up to ``list_size`` and
   the loss covers every pair within a list (the paper's variant).
 
+``listwise-kl`` cuts the same lists but, instead of margins, matches the teacher's softmax
+over each list at ``temperature`` (:func:`reranker.training.losses.listwise_kl`): the top of a
+list weighs most, as in NDCG@10.
+
 ``labels-bce`` is the *control*, not distillation: the same student, batches and schedule, but
 trained directly on the judged labels of the labelled file (its ``relevance`` column mapped to
 soft targets ``(relevance - 1) / 2``, binary cross-entropy on the logit, as the teacher is), no
@@ -39,7 +43,7 @@ from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed, s
 from reranker.training.precision import autocast, resolve_precision
 from reranker.training.teacher import keep_layers
 
-LOSSES = ("triples", "listwise", "labels-bce")
+LOSSES = ("triples", "listwise", "listwise-kl", "labels-bce")
 #: ``cross``: a plain cross-encoder; ``late``: first layers per text, last layer joint
 #: (:mod:`reranker.training.latebert`).
 ARCHITECTURES = ("cross", "late")
@@ -62,6 +66,7 @@ class DistillArgs:
     layers: int | None = None  # keep the first N transformer layers
     fields: list[str] = field(default_factory=lambda: ["brand", "color", "material"])
     loss: str = "listwise"
+    temperature: float = 0.3  # listwise-kl only: ~1.5 within-query teacher sds of judged pairs
     list_size: int = 8
     batch_pairs: int = 32
     lr: float = 5e-5
@@ -209,6 +214,9 @@ def distill(args: DistillArgs) -> Path:
         raise RerankerError(f"--loss must be one of {', '.join(LOSSES)}")
     if args.arch not in ARCHITECTURES:
         raise RerankerError(f"--arch must be one of {', '.join(ARCHITECTURES)}")
+    if args.temperature <= 0:
+        raise RerankerError(f"--temperature must be positive, not {args.temperature}")
+    kl_temperature = args.temperature if args.loss == "listwise-kl" else None
     out = Path(args.output)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
@@ -239,7 +247,7 @@ def distill(args: DistillArgs) -> Path:
             logits = model.logits(queries, candidates)
             if args.loss == "labels-bce":
                 return _bce(logits, teacher_scores)
-            return margin_mse_packed(logits, teacher_scores)
+            return margin_mse_packed(logits, teacher_scores, kl_temperature)
 
     else:
         model = load_student(args)
@@ -254,7 +262,7 @@ def distill(args: DistillArgs) -> Path:
         elif args.loss == "triples":
             loss_fn = MarginMSELoss(model)
         else:
-            loss_fn = ListwiseMarginMSELoss(model)
+            loss_fn = ListwiseMarginMSELoss(model, kl_temperature)
     epochs = [make_batches(groups, args, rng) for _ in range(args.epochs)]
     total = sum(len(e) for e in epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)

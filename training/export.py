@@ -178,7 +178,9 @@ def _install(tmp: Path, out: Path) -> None:
 
 def _quantize(src: Path, dst: Path, per_channel: bool, nodes: Sequence[str] = ()) -> None:
     """Dynamic int8 (weights int8, activations quantised per call) of every MatMul, or of the
-    named ``nodes`` only."""
+    named ``nodes`` only. Weights in 7 bits (``reduce_range``: within ±64): CPUs without VNNI
+    add pairs of uint8 x int8 products in saturating 16-bit sums, which full-range weights can
+    overflow (:mod:`reranker.training.requantize`); with 7 bits every CPU computes the same."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -186,6 +188,7 @@ def _quantize(src: Path, dst: Path, per_channel: bool, nodes: Sequence[str] = ()
         dst,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
+        reduce_range=True,
         nodes_to_quantize=list(nodes) or None,
     )
 
