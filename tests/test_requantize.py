@@ -73,9 +73,15 @@ def test_seven_bit_weights_keep_the_graph_and_fit_the_avx2_sums(tmp_path, per_ch
 def test_requantize_cli_errors_are_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "missing.onnx"), str(tmp_path / "out.onnx")]) == 1
     assert "is not a file" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a graph")
+    assert main([str(garbage), str(tmp_path / "out.onnx")]) == 1
+    assert "is not an ONNX model" in capsys.readouterr().err
     _, int8 = _int8_graph(tmp_path)
     assert main([str(int8), str(tmp_path / "out.onnx")]) == 0
     assert "2 weights requantised to 7 bits" in capsys.readouterr().out
+    assert main([str(int8), str(tmp_path / "no" / "such" / "dir.onnx")]) == 1
+    assert "cannot write" in capsys.readouterr().err
 
 
 def test_an_asymmetric_weight_is_refused(tmp_path):

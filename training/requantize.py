@@ -36,7 +36,10 @@ def requantize(src: str | Path, dst: str | Path) -> dict[str, int]:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(src))
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # a protobuf DecodeError, an OSError
+        raise RerankerError(f"{src} is not an ONNX model ({type(exc).__name__})") from None
     inits = {i.name: i for i in model.graph.initializer}
     done: set[str] = set()
     counts = {"weights": 0, "already": 0}
@@ -69,7 +72,10 @@ def requantize(src: str | Path, dst: str | Path) -> dict[str, int]:
         inits[scale_name].CopyFrom(numpy_helper.from_array(new_scale, scale_name))
         counts["weights"] += 1
     _check_scales_are_initializers(model, done)
-    onnx.save(model, str(dst))
+    try:
+        onnx.save(model, str(dst))
+    except OSError as exc:
+        raise RerankerError(f"cannot write {dst}: {exc.strerror or exc}") from None
     return counts
 
 
