@@ -123,10 +123,10 @@ def test_seven_bit_integer_products_are_exact_at_the_extremes():
     np.testing.assert_array_equal(sess.run(None, {"a": a})[0], a.astype(np.int64) @ w)
 
 
-def test_the_shipped_rerankers_have_seven_bit_weights():
+def test_the_shipped_graphs_have_seven_bit_weights():
     from reranker import models
 
     root = next(iter(models.__path__))
-    for graph in ("cross/model.int8.onnx", "late/joint.int8.onnx"):
+    for graph in ("cross/model.int8.onnx", "late/joint.int8.onnx", "retriever/model.int8.onnx"):
         weights = _weights(f"{root}/{graph}")
         assert weights and all(np.abs(w.astype(int)).max() <= SEVEN_BIT for w in weights), graph
