@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from reranker.errors import RerankerError
-from reranker.training.requantize import SEVEN_BIT, main, requantize
+from reranker.training.requantize import SEVEN_BIT, integer_weights, main, requantize
 
 
 def _int8_graph(tmp_path, per_channel=True):
@@ -41,16 +41,7 @@ def _run(path, x):
 
 
 def _weights(path):
-    import onnx
-    from onnx import numpy_helper
-
-    m = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    return [
-        inits[n.input[1]]
-        for n in m.graph.node
-        if n.op_type == "MatMulInteger" and n.input[1] in inits
-    ]
+    return list(integer_weights(path).values())
 
 
 @pytest.mark.parametrize("per_channel", [True, False])

@@ -10,18 +10,17 @@ import textwrap
 import time
 
 import numpy as np
-import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
 
 from reranker.cli import main
 from reranker.errors import DataError, RerankerError
 from reranker.index import BM25Index
 from reranker.training.augment import attribute_query, augment, synthetic_query
 from reranker.training.label import label_pairs
+from reranker.training.requantize import SEVEN_BIT, integer_weights
 
 TRAIN = [
     ("cordless drill", "p001", 3.0),
@@ -312,17 +311,9 @@ def test_tiny_end_to_end_chain(tmp_path, splits, catalog_csv, built_index, tiny_
         if loss == "labels-bce":
             assert meta["precision_used"] == "bf16" and meta["pairs"] == len(TRAIN)
         cli("export", student, "--output", tmp_path / f"onnx-{loss}", "--max-length", "32")
-        int8 = onnx.load(str(tmp_path / f"onnx-{loss}" / "model.int8.onnx"))
-        weights = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
         # 7-bit weights (reduce_range): exact on CPUs without VNNI too
-        assert (
-            max(
-                np.abs(weights[n.input[1]].astype(int)).max()
-                for n in int8.graph.node
-                if n.op_type == "MatMulInteger"
-            )
-            <= 64
-        )
+        weights = integer_weights(tmp_path / f"onnx-{loss}" / "model.int8.onnx").values()
+        assert weights and max(np.abs(w.astype(int)).max() for w in weights) <= SEVEN_BIT
     model_dir = tmp_path / "onnx-listwise"
     cfg = json.loads((model_dir / "reranker.json").read_text())
     assert cfg["fields"] == ["brand", "color", "material"]

@@ -27,7 +27,23 @@ import numpy as np
 from reranker.errors import RerankerError
 
 #: the largest weight magnitude whose products cannot overflow the AVX2 kernel's 16-bit sums
+#: (ONNX Runtime's ``reduce_range`` range; the late student's own folded key matrix uses 63,
+#: :data:`reranker.training.latejoint.WEIGHT_MAX`)
 SEVEN_BIT = 64
+
+
+def integer_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The stored right-hand matrices of a graph's ``MatMulInteger`` nodes, by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    return {
+        n.input[1]: numpy_helper.to_array(inits[n.input[1]])
+        for n in model.graph.node
+        if n.op_type == "MatMulInteger" and n.input[1] in inits
+    }
 
 
 def requantize(src: str | Path, dst: str | Path) -> dict[str, int]:
@@ -71,7 +87,7 @@ def requantize(src: str | Path, dst: str | Path) -> dict[str, int]:
         new_scale = (scale * peak / SEVEN_BIT).astype(np.float32).reshape(scale.shape)
         inits[scale_name].CopyFrom(numpy_helper.from_array(new_scale, scale_name))
         counts["weights"] += 1
-    _check_scales_are_initializers(model, done)
+    _check_scales_read_only_by_mul(model, done)
     try:
         onnx.save(model, str(dst))
     except OSError as exc:
@@ -79,7 +95,7 @@ def requantize(src: str | Path, dst: str | Path) -> dict[str, int]:
     return counts
 
 
-def _check_scales_are_initializers(model, weights: set[str]) -> None:
+def _check_scales_read_only_by_mul(model, weights: set[str]) -> None:
     """The rewritten scales must be read only where the dynamic-quantisation pattern reads them
     (a ``Mul`` with the activation's scale); anything else would now see a changed value."""
     readers: dict[str, list[str]] = {}
