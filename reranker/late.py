@@ -218,6 +218,13 @@ class LateCrossEncoder(CrossEncoder):
             "max_length": int(cfg.max_length),
         }
 
+    def _session(self, onnx_path, threads, session_options, config_entries=None):
+        """Both graphs may hold int8-stored weights computed in float32 (``DequantizeLinear``
+        then ``MatMul``: the product encoder, and the query's encoder in the joint graph):
+        ``disable_quant_qdq`` lets ONNX Runtime fold them into float32 once, at load."""
+        entries = {"session.disable_quant_qdq": "1", **(config_entries or {})}
+        return super()._session(onnx_path, threads, session_options, entries)
+
     def _check_inputs(self, path: Path) -> None:
         need = set(JOINT_INPUTS)
         if not need <= self.input_names:
@@ -242,7 +249,7 @@ class LateCrossEncoder(CrossEncoder):
                         path,
                         threads,
                         opts,
-                        {"session.intra_op.allow_spinning": "0", "session.disable_quant_qdq": "1"},
+                        {"session.intra_op.allow_spinning": "0"},
                     )
         return self._encoder
 

