@@ -144,12 +144,26 @@ class CascadeReranker:
     (``token_key``, ``build_store``, ``attach_store``), and ``config`` is the first stage's.
     """
 
-    def __init__(self, model_dir: str | Path, *, variant: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        variant: str | None = None,
+        second_k: int | None = None,
+        **kwargs,
+    ) -> None:
+        """``second_k``: how many the second stage rescores, instead of the config's (a
+        deployment's choice, e.g. fewer on a slower CPU; the ranking of those it rescores is the
+        config's blend)."""
         from reranker.models import open_model
 
         self.model_dir = Path(model_dir)
         self.cascade = CascadeConfig.read(self.model_dir)
-        self.second_k = self.cascade.second_k
+        if second_k is not None and (
+            not isinstance(second_k, int) or isinstance(second_k, bool) or second_k < 1
+        ):
+            raise ModelError(f"second_k must be a positive integer, not {second_k!r}")
+        self.second_k = self.cascade.second_k if second_k is None else second_k
         self.first_weight = float(self.cascade.first_weight)
         stages = []
         for which in ("first", "second"):

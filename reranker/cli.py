@@ -198,7 +198,14 @@ class FirstStage:
 
 
 def model_options(f):
-    """--model and --variant, shared by search and serve."""
+    """--model, --variant and --second-k, shared by search and serve."""
+    f = click.option(
+        "--second-k",
+        type=click.IntRange(min=1),
+        help="How many of the first stage's best a cascade's second stage rescores (default: "
+        "the model's; 12 for the default profile). Fewer is faster: the default reranks 100 in "
+        "~55 ms on a CPU without VNNI with 12, ~36 ms with 6 (BENCHMARKS.md).",
+    )(f)
     f = click.option(
         "--variant", help="Model variant to load, e.g. int8 or fp32 (default: the model's)."
     )(f)
@@ -440,7 +447,7 @@ def _embedder(dense: bool, embedder_dir: Path | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @backend_options
 def search_cmd(
-    query, index_dir, k, n, model_dir, variant, no_rerank, budget_ms, as_json, first_stage
+    query, index_dir, k, n, model_dir, variant, second_k, no_rerank, budget_ms, as_json, first_stage
 ):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
     from reranker.errors import QueryError
@@ -458,7 +465,7 @@ def search_cmd(
     )
     model = None
     if not no_rerank:
-        model = load_model(model_dir, variant=variant)
+        model = load_model(model_dir, variant=variant, second_k=second_k)
     load_ms = (time.perf_counter() - t0) * 1e3
     pipeline = SearchPipeline(index, model)
     if (
@@ -578,6 +585,7 @@ def serve_cmd(
     port,
     model_dir,
     variant,
+    second_k,
     no_rerank,
     no_index,
     product_states,
@@ -609,7 +617,7 @@ def serve_cmd(
     t0 = time.perf_counter()
     model = None
     if not no_rerank:
-        model = load_model(model_dir, variant=variant)
+        model = load_model(model_dir, variant=variant, second_k=second_k)
     held = 0
     if product_states is not None and model is not None:
         from reranker.pipeline import attach_product_states

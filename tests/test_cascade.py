@@ -205,6 +205,50 @@ def test_a_call_can_rescore_fewer_and_zero_leaves_the_first_order(cascade_dir, t
     assert cascade.rescored(len(texts), 50) == 3
 
 
+def test_a_deployment_sets_its_own_second_k(
+    cascade_dir,
+    texts,
+    late_student,  # noqa: F811
+    catalog_csv,
+    tmp_path,
+):
+    """`open_model(..., second_k=N)` / `--second-k N`: the second stage rescores N (more or fewer
+    than the config's 3) every time, ranked by the config's blend; a plain model refuses it."""
+    five = open_model(cascade_dir, variant="fp32", second_k=5)
+    assert five.second_k == 5 and five.rescored(len(texts)) == 5
+    same = open_model(cascade_dir, variant="fp32").score("cordless drill", texts, second_k=3)
+    fewer = open_model(cascade_dir, variant="fp32", second_k=3).score("cordless drill", texts)
+    assert fewer.raw == pytest.approx(same.raw)
+    assert five.latency.predict_ms(len(texts)) > 0  # the cost model counts 5 in the second stage
+    with pytest.raises(ModelError, match="not a cascade"):
+        open_model(late_student[1], second_k=3)
+    with pytest.raises(ModelError, match="positive integer"):
+        open_model(cascade_dir, second_k=0)
+
+    idx = tmp_path / "idx"
+    index_catalog(catalog_csv, idx, model=open_model(cascade_dir))
+    env = dict(os.environ, RERANKER_MODEL=str(cascade_dir))
+    result = CliRunner().invoke(
+        main, ["search", "cordless drill", "--index-dir", str(idx), "--second-k", "5"], env=env
+    )
+    assert result.exit_code == 0 and "its best 5 rescored" in result.output, result.output
+    result = CliRunner().invoke(
+        main,
+        [
+            "search",
+            "drill",
+            "--index-dir",
+            str(idx),
+            "--model",
+            str(late_student[1]),
+            "--second-k",
+            "2",
+        ],
+        env=env,
+    )
+    assert result.exit_code == 1 and "is not a cascade" in result.output, result.output
+
+
 def test_all_rescores_every_candidate_and_a_budget_still_cuts_it(
     late_student,  # noqa: F811
     cross_brand,

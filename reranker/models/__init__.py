@@ -68,15 +68,22 @@ def resolve_model_dir(model: str | Path) -> Path:
     return packaged_model_dir(str(model))
 
 
-def open_model(model: str | Path, **kwargs) -> CrossEncoder:
+def open_model(model: str | Path, *, second_k: int | None = None, **kwargs) -> CrossEncoder:
     """The runtime model of a model directory or a shipped profile's name: a
     :class:`CrossEncoder`, a :class:`reranker.late.LateCrossEncoder` for a late-interaction
-    student, or a :class:`reranker.cascade.CascadeReranker` for a two-stage directory."""
+    student, or a :class:`reranker.cascade.CascadeReranker` for a two-stage directory.
+    ``second_k``: how many of its first stage's best a cascade's second stage rescores instead
+    of its config's (e.g. fewer on a CPU without VNNI, ``BENCHMARKS.md``); only for a cascade."""
     model_dir = resolve_model_dir(model)
     if model_dir.is_dir() and _is_cascade_dir(model_dir):
         from reranker.cascade import CascadeReranker
 
-        return CascadeReranker(model_dir, **kwargs)  # type: ignore[return-value]
+        return CascadeReranker(model_dir, second_k=second_k, **kwargs)  # type: ignore[return-value]
+    if second_k is not None:
+        raise ModelError(
+            f"{model} is not a cascade: a second-stage count applies to a two-stage model "
+            "(the default or accurate profile, or one written by `reranker cascade`)"
+        )
     if model_dir.is_dir() and ModelConfig.read(model_dir).architecture == "late":
         from reranker.late import LateCrossEncoder
 
