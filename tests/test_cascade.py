@@ -232,6 +232,10 @@ def test_a_deployment_sets_its_own_second_k(
         main, ["search", "cordless drill", "--index-dir", str(idx), "--second-k", "5"], env=env
     )
     assert result.exit_code == 0 and "its best 5 rescored" in result.output, result.output
+    app = create_app(open_model(cascade_dir, second_k=5), BM25Index.load(idx), ServiceSettings())
+    with TestClient(app) as c:  # what `reranker serve --second-k 5` serves
+        body = c.post("/search", json={"query": "cordless drill", "n": 20}).json()
+        assert body["rescored_k"] == 5 and body["reranked_k"] > 5, body
     result = CliRunner().invoke(
         main,
         [
