@@ -219,9 +219,10 @@ class LateCrossEncoder(CrossEncoder):
         }
 
     def _session(self, onnx_path, threads, session_options, config_entries=None):
-        """Both graphs may hold int8-stored weights computed in float32 (``DequantizeLinear``
-        then ``MatMul``: the product encoder, and the query's encoder in the joint graph):
-        ``disable_quant_qdq`` lets ONNX Runtime fold them into float32 once, at load."""
+        """Either graph may hold int8-stored weights computed in float32 (``DequantizeLinear``
+        then ``MatMul``: the product encoder does; a joint graph's query encoder does when made
+        with ``requantize --float-prefix``): ``disable_quant_qdq`` lets ONNX Runtime fold them
+        into float32 once, at load (the dynamic-int8 kernels are the same with it or without)."""
         entries = {"session.disable_quant_qdq": "1", **(config_entries or {})}
         return super()._session(onnx_path, threads, session_options, entries)
 

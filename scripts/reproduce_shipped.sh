@@ -3,9 +3,9 @@
 # again and checked weight by weight against the shipped graphs: on a CPU of the kind they were
 # trained on (AMD EPYC with AVX512-BF16, bf16 autocast) they come back bit for bit (the late
 # student's product encoder is required equal; the dynamic-int8 graphs, rewritten since from
-# their 8-bit export, are compared), with the fp32 graphs the package does not ship. Then int8 against fp32 (issue 15: within 0.005 dev
-# pair accuracy) for each student and for the two profiles built on them, on dev and on the
-# held-out train slice. Steps are skipped when their output exists: rerun after a kill.
+# their 8-bit export, are compared), with the fp32 graphs the package does not ship. Then int8
+# against fp32 (issue 15: within 0.005 dev pair accuracy) for each student and for the two
+# profiles built on them, on dev and on the held-out train slice. Steps are skipped when their output exists: rerun after a kill.
 #   nohup bash scripts/reproduce_shipped.sh > reproduce.log 2>&1 &
 # Time on 2 cores (tenth session): the late student 46 min (one thread, as shipped), the
 # cross-encoder 83 min (two threads), the evaluations ~10 min.
