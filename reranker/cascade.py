@@ -81,9 +81,7 @@ class CascadeConfig:
             cfg = cls(**raw)
         except TypeError as exc:
             raise ModelError(f"{path} has unexpected settings: {exc}") from None
-        if cfg.second_k is not None and (
-            not isinstance(cfg.second_k, int) or isinstance(cfg.second_k, bool) or cfg.second_k < 1
-        ):
+        if cfg.second_k is not None and not _positive_int(cfg.second_k):
             raise ModelError(
                 f"{path}: second_k must be a positive integer or null (all), not {cfg.second_k!r}"
             )
@@ -94,6 +92,10 @@ class CascadeConfig:
         ):
             raise ModelError(f"{path}: calibration needs numeric 'scale' and 'bias'")
         return cfg
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def is_cascade(raw: object) -> bool:
@@ -159,9 +161,7 @@ class CascadeReranker:
 
         self.model_dir = Path(model_dir)
         self.cascade = CascadeConfig.read(self.model_dir)
-        if second_k is not None and (
-            not isinstance(second_k, int) or isinstance(second_k, bool) or second_k < 1
-        ):
+        if second_k is not None and not _positive_int(second_k):
             raise ModelError(f"second_k must be a positive integer, not {second_k!r}")
         self.second_k = self.cascade.second_k if second_k is None else second_k
         self.first_weight = float(self.cascade.first_weight)

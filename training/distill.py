@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from reranker.errors import RerankerError
 from reranker.training.data import catalog_texts, read_pairs, soft_targets
-from reranker.training.losses import ListwiseMarginMSELoss, margin_mse_packed, student_logits
+from reranker.training.losses import ListwiseMarginMSELoss, listwise_packed, student_logits
 from reranker.training.precision import autocast, resolve_precision
 from reranker.training.teacher import keep_layers
 
@@ -247,7 +247,7 @@ def distill(args: DistillArgs) -> Path:
             logits = model.logits(queries, candidates)
             if args.loss == "labels-bce":
                 return _bce(logits, teacher_scores)
-            return margin_mse_packed(logits, teacher_scores, kl_temperature)
+            return listwise_packed(logits, teacher_scores, kl_temperature)
 
     else:
         model = load_student(args)

@@ -112,15 +112,15 @@ class ListwiseMarginMSELoss(nn.Module):
                 raise ValueError(f"list {row}: {len(docs)} candidates but {len(ts)} teacher scores")
         pairs = [(q, d) for q, docs in zip(queries, candidates, strict=True) for d in docs]
         logits = student_logits(self.model, pairs)
-        return margin_mse_packed(logits, teacher_scores, self.temperature)
+        return listwise_packed(logits, teacher_scores, self.temperature)
 
 
-def margin_mse_packed(
+def listwise_packed(
     logits: Tensor, teacher_scores: Sequence[Sequence[float]], temperature: float | None = None
 ) -> Tensor:
-    """:func:`margin_mse_listwise` for the student's logits of all lists one after another
-    (``logits[0:len(list 0)]`` are list 0's, and so on) and the teacher's scores per list;
-    with a ``temperature``, :func:`listwise_kl` on the same lists instead."""
+    """A list loss for the student's logits of all lists one after another
+    (``logits[0:len(list 0)]`` are list 0's, and so on) and the teacher's scores per list:
+    :func:`margin_mse_listwise`, or with a ``temperature`` :func:`listwise_kl`."""
     width = max(len(ts) for ts in teacher_scores)
     n = len(teacher_scores)
     s = logits.new_zeros((n, width))
