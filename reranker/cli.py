@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sys
@@ -509,7 +510,10 @@ def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
         )
         click.echo(f"{'#':>3} {'first#':>6} {'first':>7}  title")
     for r in response.results:
-        title = r.title if len(r.title) <= TITLE_WIDTH else r.title[: TITLE_WIDTH - 1] + "…"
+        # shown as a shopper reads it: scraped catalogs store "Briggs &amp; Stratton" (the
+        # models read the text as stored; --json returns it as stored)
+        title = html.unescape(r.title)
+        title = title if len(title) <= TITLE_WIDTH else title[: TITLE_WIDTH - 1] + "…"
         if response.reranked and r.rerank_score is not None:
             click.echo(
                 f"{r.rank:>3} {r.retrieval_rank:>6} {r.rerank_score:>7.3f} "

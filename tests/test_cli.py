@@ -35,6 +35,24 @@ def test_index_then_search_first_stage_only(run, tmp_path, catalog_csv):
     assert len([ln for ln in result.output.splitlines() if ln[:3].strip().isdigit()]) == 3
 
 
+def test_search_table_decodes_html_references_json_keeps_the_stored_text(run, tmp_path):
+    catalog = tmp_path / "scraped.csv"
+    catalog.write_text(
+        "product_id,title\n"
+        "m1,Toro 22 in. Gas Lawn Mower with Briggs &amp; Stratton Engine\n"
+        "m2,Corner Baker&#39;s Rack with Slate Top\n"
+        "m3,&quot;Quiet&quot; Electric Lawn Mower <cordless>\n"
+    )
+    idx = tmp_path / "idx"
+    assert run("index", catalog, "--index-dir", idx, "-q").exit_code == 0
+    table = run("search", "lawn mower", "--index-dir", idx, "--no-rerank").output
+    assert "Briggs & Stratton" in table and '"Quiet" Electric Lawn Mower <cordless>' in table
+    assert "&amp;" not in table and "&quot;" not in table
+    result = run("search", "baker rack", "--index-dir", idx, "--no-rerank", "--json")
+    stored = json.loads(result.output)["results"][0]["title"]
+    assert stored == "Corner Baker&#39;s Rack with Slate Top"
+
+
 def test_search_with_model_table_and_json(run, built_index, tiny_model):
     result = run("search", "cordless drill", "--index-dir", built_index, "--model", tiny_model)
     assert result.exit_code == 0, result.output

@@ -88,6 +88,10 @@ def test_float_prefix_computes_those_nodes_in_float_on_their_8bit_weights(tmp_pa
     # a prefix that names nothing changes nothing but the 7 bits
     same = tmp_path / "same.onnx"
     assert requantize(int8, same, float_prefix="none/")["float"] == 0
+    # several prefixes: a node named by any of them
+    several = tmp_path / "several.onnx"
+    assert requantize(int8, several, float_prefix=["none/", "enc/"])["float"] == 1
+    np.testing.assert_array_equal(_run(several, x), _run(out, x))
 
 
 def test_float_prefix_refuses_an_integer_product_of_another_pattern(tmp_path):
@@ -124,6 +128,9 @@ def test_requantize_cli_errors_are_one_line(tmp_path, capsys):
     assert "1 weights requantised to 7 bits, 0 already within ±64, 1 computed in float32" in (
         capsys.readouterr().out
     )
+    several = ["--float-prefix", "x/", "--float-prefix", "enc/"]
+    assert main([str(int8), str(tmp_path / "g.onnx"), *several]) == 0
+    assert "1 computed in float32" in capsys.readouterr().out
     assert main([str(int8), str(tmp_path / "no" / "such" / "dir.onnx")]) == 1
     assert "cannot write" in capsys.readouterr().err
 

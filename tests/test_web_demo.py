@@ -45,6 +45,9 @@ def test_search_in_a_real_browser_shows_both_columns(serve_process):
             or "drill" in bm25.first.inner_text().lower()
         )
         assert "q=cordless+drill" in page.url  # the search is in the URL, to link and share
+        # scraped titles' character references are decoded for display, markup is not parsed
+        shown = page.evaluate("shown('Briggs &amp; Stratton &#39;22&quot; <b>x</b>')")
+        assert shown == "Briggs & Stratton '22\" <b>x</b>"
         page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
 
         shared = browser.new_page(viewport={"width": 1200, "height": 800})

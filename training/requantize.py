@@ -21,15 +21,18 @@ file stays as small. Tried on the late student's query encoder (``--float-prefix
 query_encoder/``, computing then as its product encoder does): its int8 - fp32 pair accuracy on
 dev went from −0.0060 to −0.0015, but the default built on it ranked a little worse on both
 query sets and cost ~2 ms more on an AVX2 CPU; not shipped (``training/REPORT.md``, sixteenth
-session).
+session). Nor its per-pair ``[CLS]`` layer (``--float-prefix o. --float-prefix i. --float-prefix
+o2. --float-prefix pool.``): −0.0021, and the default over it within noise of the shipped one
+on dev, a little below it on the held-out queries, ~3 ms slower (seventeenth session).
 
-    python -m reranker.training.requantize SRC.onnx DST.onnx [--float-prefix PREFIX]
+    python -m reranker.training.requantize SRC.onnx DST.onnx [--float-prefix PREFIX ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +59,13 @@ def integer_weights(path: str | Path) -> dict[str, np.ndarray]:
     }
 
 
-def requantize(src: str | Path, dst: str | Path, float_prefix: str | None = None) -> dict[str, int]:
+def requantize(
+    src: str | Path, dst: str | Path, float_prefix: str | Sequence[str] | None = None
+) -> dict[str, int]:
     """Write ``src`` with every 8-bit ``MatMulInteger`` weight in 7 bits to ``dst``; returns
     counts (``weights`` rewritten, ``already`` in range, ``float`` nodes made float32 arithmetic
-    on their int8 weights: those whose names start with ``float_prefix``)."""
+    on their int8 weights: those whose names start with ``float_prefix``, one prefix or
+    several)."""
     import onnx
     from onnx import numpy_helper
 
@@ -69,7 +75,8 @@ def requantize(src: str | Path, dst: str | Path, float_prefix: str | None = None
         raise RerankerError(f"{src} is not an ONNX model ({type(exc).__name__})") from None
     counts = {"weights": 0, "already": 0, "float": 0}
     if float_prefix:
-        counts["float"] = _float_arithmetic(model, float_prefix, src)
+        prefixes = (float_prefix,) if isinstance(float_prefix, str) else tuple(float_prefix)
+        counts["float"] = _float_arithmetic(model, prefixes, src)
     inits = {i.name: i for i in model.graph.initializer}
     done: set[str] = set()
     for node in model.graph.node:
@@ -108,8 +115,9 @@ def requantize(src: str | Path, dst: str | Path, float_prefix: str | None = None
     return counts
 
 
-def _float_arithmetic(model, prefix: str, src: str | Path) -> int:
-    """Rewrite the dynamic-int8 pattern of the ``MatMulInteger`` nodes named ``prefix...``
+def _float_arithmetic(model, prefixes: tuple[str, ...], src: str | Path) -> int:
+    """Rewrite the dynamic-int8 pattern of the ``MatMulInteger`` nodes named ``prefix...`` (any
+    of ``prefixes``)
     (``DynamicQuantizeLinear`` of the input, ``MatMulInteger``, ``Cast``, ``Mul`` by the two
     scales) into ``MatMul(input, DequantizeLinear(weight, scale))``; returns how many."""
     from onnx import helper
@@ -124,7 +132,7 @@ def _float_arithmetic(model, prefix: str, src: str | Path) -> int:
     replace: dict[int, list] = {}  # id of the pattern's last node -> its new nodes
     drop: set[int] = set()
     for n in g.node:
-        if n.op_type != "MatMulInteger" or not n.name.startswith(prefix):
+        if n.op_type != "MatMulInteger" or not n.name.startswith(prefixes):
             continue
         weight = n.input[1]
         quant = producer.get(n.input[0])
@@ -196,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--float-prefix",
         metavar="PREFIX",
-        help="compute the MatMuls named PREFIX... in float32 on their int8-stored weights",
+        action="append",
+        help="compute the MatMuls named PREFIX... in float32 on their int8-stored weights "
+        "(repeat for several prefixes)",
     )
     args = ap.parse_args(argv)
     if not args.src.is_file():
