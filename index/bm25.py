@@ -29,6 +29,7 @@ from reranker.errors import IndexCorruptError
 from reranker.index import store
 from reranker.index.base import Candidate
 from reranker.index.dense import DEFAULT_MIN_SIMILARITY, DEFAULT_WEIGHT, DenseVectors
+from reranker.index.spelling import TermCorrector
 from reranker.text import BM25Tokenizer, searchable_text
 from reranker.tokens import ProductTokens
 
@@ -96,6 +97,10 @@ class BM25Index:
         self.product_tokens: ProductTokens | None = None
         #: Every product's embedding, fused with BM25 by :meth:`retrieve`; None: BM25 only.
         self.dense: DenseVectors | None = None
+        #: Replace query words no product has by the nearest indexed term
+        #: (:mod:`reranker.index.spelling`); False: search the words as typed.
+        self.correct_spelling = True
+        self._corrector: TermCorrector | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -289,7 +294,25 @@ class BM25Index:
 
     # ---------------------------------------------------------------- search
     def query_tokens(self, query: str) -> list[str]:
-        return self.tokenizer(query)[:MAX_QUERY_TOKENS]
+        """The query's tokens as searched: a word no product has is replaced by the nearest
+        indexed term, if one is near enough (unless :attr:`correct_spelling` is False)."""
+        tokens = self.tokenizer(query)[:MAX_QUERY_TOKENS]
+        if not self.correct_spelling or all(t in self.term_index for t in tokens):
+            return tokens
+        corrector = self._spelling()
+        return [corrector.correct(t) or t for t in tokens]
+
+    def prepare_spelling(self) -> None:
+        """Make the spelling corrector's table now rather than at the first misspelt query
+        (~0.3 s for the demo catalog): for a server."""
+        if self.correct_spelling:
+            self._spelling().prepare()
+
+    def _spelling(self) -> TermCorrector:
+        if self._corrector is None:
+            frequency = dict(zip(self.term_index, np.diff(self.term_ptr).tolist(), strict=True))
+            self._corrector = TermCorrector(frequency)
+        return self._corrector
 
     def scores(self, query: str | Sequence[str]) -> np.ndarray:
         """BM25 score of every product (same values as ``BM25Okapi.get_scores``)."""

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from reranker import CrossEncoder, IndexExistsError, RetrieverUnavailableError, SearchPipeline
 from reranker.catalog import read_catalog
 from reranker.cli import main
+from reranker.text import BM25Tokenizer
 
 if os.environ.get("RERANKER_SKIP_OPENSEARCH") == "1":
     pytest.skip("RERANKER_SKIP_OPENSEARCH=1: OpenSearch tests opted out", allow_module_level=True)
@@ -139,8 +140,17 @@ def test_mapping_and_analyzer(options, name, catalog):
         "driver",
         "seat",
     ]
+    # the embedded index's tokens exactly: numbers apart from units, "60W" as "60 watt" finds it
+    text = "60W LED Bulbs, 18V 2x4 3.5 in. Café Baker&#39;s M18"
+    tokens = client.indices.analyze(index=name, body={"field": "title", "text": text})
+    assert [t["token"] for t in tokens["tokens"]] == BM25Tokenizer()(text)
+    assert BM25Tokenizer()(text)[:2] == ["60", "w"]
     retriever = OpenSearchRetriever(options, name)
     assert retriever.attribute_fields == ("brand", "color", "material")
+    # misspelt words of 4 letters and more match within an edit or two (fuzziness AUTO:4,7)
+    misspelt = [c.product.id for c in retriever.retrieve("gardn hoze", 5)]
+    assert misspelt[:3] == [c.product.id for c in retriever.retrieve("garden hose", 3)]
+    assert retriever.retrieve("zbra", 5) == []
     hit = retriever.retrieve("toilet seat biscuit", 1)[0]
     assert hit.product.fields == {
         "brand": "American Standard",

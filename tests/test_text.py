@@ -21,6 +21,14 @@ def test_bm25_tokenizer_lowercases_alphanumeric_runs_and_round_trips_settings():
     assert again("A-b") == ["a", "b"]
 
 
+def test_bm25_tokenizer_keeps_numbers_apart_from_units_and_older_indexes_their_pattern():
+    tok = BM25Tokenizer()
+    assert tok("60W LED, 18V drill, 2x4") == ["60", "w", "led", "18", "v", "drill", "2", "x", "4"]
+    assert tok("60 watt")[0] == tok("60W")[0] == "60"
+    older = BM25Tokenizer.from_settings({**tok.settings(), "pattern": "[a-z0-9]+"})
+    assert older("60W LED") == ["60w", "led"]
+
+
 def test_bm25_tokenizer_stems_with_snowball_english_by_default():
     tok = BM25Tokenizer()
     assert tok("Cordless Drills, elongated Toilet Seats") == [

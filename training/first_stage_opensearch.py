@@ -1,13 +1,16 @@
-"""The OpenSearch first stage with the standard analyzer against the stemming one now in the
-mapping: share of a query's judged products in the top 100, and end-to-end NDCG@10 in
-retrieval order (no reranker).
+"""The OpenSearch first stage with the standard analyzer, with the standard tokenizer and
+stemming (the mapping until the seventeenth session), with the mapping now (the embedded index's
+tokens: letters and digits apart, stemmed), and that with fuzzy matching (``AUTO``, and
+``AUTO:4,7`` as the retriever now queries): share of a query's judged products in the top 100,
+and end-to-end NDCG@10 in retrieval order (no reranker).
 
     scripts/opensearch.sh start
     python -m reranker.training.first_stage_opensearch --catalog demo/products.parquet \\
         --judged ../shared/data/homedepot/dev.parquet \\
         --output training/results/first_stage_opensearch_dev.json
 
-Indexes the catalog twice (aliases ``kd-fs-standard``, ``kd-fs-stemmed``, replaced if present).
+Indexes the catalog three times (aliases ``kd-fs-standard``, ``kd-fs-stemmed``, ``kd-fs-split``,
+replaced if present).
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ from reranker.index.opensearch import (
 )
 from reranker.training.evaluate import load_judged, ndcg_at
 
-STEMMED_MAPPING = opensearch.mapping
+SPLIT_MAPPING = opensearch.mapping
+
+
+def stemmed_mapping(*args, **kwargs) -> dict:
+    """The mapping before the seventeenth session: the standard tokenizer, stemmed."""
+    m = SPLIT_MAPPING(*args, **kwargs)
+    analysis = m["settings"]["index"]["analysis"]
+    analysis.pop("tokenizer")
+    analysis["analyzer"][opensearch.ANALYZER]["tokenizer"] = "standard"
+    return m
 
 
 def standard_mapping(*args, **kwargs) -> dict:
     """The mapping before stemming: every searched field on the standard analyzer."""
-    m = STEMMED_MAPPING(*args, **kwargs)
+    m = SPLIT_MAPPING(*args, **kwargs)
     m["settings"]["index"].pop("analysis")
 
     def plain(props: dict) -> None:
@@ -43,6 +55,22 @@ def standard_mapping(*args, **kwargs) -> dict:
 
     plain(m["mappings"]["properties"])
     return m
+
+
+class _Retriever(OpenSearchRetriever):
+    """The retriever's query with the fuzziness studied (None: exact words)."""
+
+    def __init__(self, options, index: str, fuzziness: str | None) -> None:
+        super().__init__(options, index)
+        self.fuzziness = fuzziness
+
+    def query_body(self, query: str, k: int) -> dict:
+        body = super().query_body(query, k)
+        match = body["query"]["multi_match"]
+        match.pop("fuzziness")
+        if self.fuzziness:
+            match["fuzziness"] = self.fuzziness
+        return body
 
 
 def main() -> None:
@@ -57,13 +85,21 @@ def main() -> None:
     catalog = read_catalog(args.catalog)
     judged = load_judged(args.judged).evaluable()
     result = {"judged": str(args.judged), "queries": len(judged), "k": 100, "sets": {}}
-    for name, mapping in (("standard", standard_mapping), ("stemmed", STEMMED_MAPPING)):
-        opensearch.mapping = mapping  # what index_catalog_opensearch creates the index with
-        try:
-            index_catalog_opensearch(catalog, options, f"kd-fs-{name}", overwrite=True)
-        finally:
-            opensearch.mapping = STEMMED_MAPPING
-        retriever = OpenSearchRetriever(options, f"kd-fs-{name}")
+    for name, mapping, fuzziness in (
+        ("standard", standard_mapping, None),
+        ("stemmed", stemmed_mapping, None),
+        ("split", SPLIT_MAPPING, None),
+        ("split, fuzziness AUTO", None, "AUTO"),
+        ("split, fuzziness AUTO:4,7", None, "AUTO:4,7"),
+    ):
+        if mapping is not None:
+            opensearch.mapping = mapping  # what index_catalog_opensearch creates the index with
+            try:
+                index_catalog_opensearch(catalog, options, f"kd-fs-{name}", overwrite=True)
+            finally:
+                opensearch.mapping = SPLIT_MAPPING
+            index = f"kd-fs-{name}"
+        retriever = _Retriever(options, index, fuzziness)
         recall, e2e = [], []
         for q, (ids, rel) in judged.items():
             rel_of = dict(zip(ids, rel, strict=True))

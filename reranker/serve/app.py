@@ -107,6 +107,8 @@ def create_app(
         if model is not None
         else None
     )
+    if hasattr(retriever, "prepare_spelling"):
+        retriever.prepare_spelling()  # not at the first misspelt query
     tokens = None  # product token ids (or late states) stored with the index for this model
     if model is not None and hasattr(retriever, "tokens_for") and hasattr(model, "token_key"):
         tokens = retriever.tokens_for(model.token_key)

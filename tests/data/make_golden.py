@@ -26,7 +26,7 @@ STEM = snowballstemmer.stemmer("english").stemWord
 
 
 def tokens(s: str) -> list[str]:
-    return [STEM(t) for t in re.findall(r"[a-z0-9]+", s.lower())]
+    return [STEM(t) for t in re.findall(r"[a-z]+|[0-9]+", s.lower())]
 
 
 rows = list(csv.DictReader(open(HERE / "catalog.csv")))
