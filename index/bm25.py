@@ -304,7 +304,7 @@ class BM25Index:
 
     def prepare_spelling(self) -> None:
         """Make the spelling corrector's table now rather than at the first misspelt query
-        (~0.3 s for the demo catalog): for a server."""
+        (0.5–0.6 s for the demo catalog): for a server."""
         if self.correct_spelling:
             self._spelling().prepare()
 
