@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -97,7 +98,7 @@ class BM25Index:
         self.product_tokens: ProductTokens | None = None
         #: Every product's embedding, fused with BM25 by :meth:`retrieve`; None: BM25 only.
         self.dense: DenseVectors | None = None
-        #: Replace query words no product has by the nearest indexed term
+        #: Replace query words no product has by the nearest word the catalog has
         #: (:mod:`reranker.index.spelling`); False: search the words as typed.
         self.correct_spelling = True
         self._corrector: TermCorrector | None = None
@@ -295,22 +296,39 @@ class BM25Index:
     # ---------------------------------------------------------------- search
     def query_tokens(self, query: str) -> list[str]:
         """The query's tokens as searched: a word no product has is replaced by the nearest
-        indexed term, if one is near enough (unless :attr:`correct_spelling` is False)."""
-        tokens = self.tokenizer(query)[:MAX_QUERY_TOKENS]
+        word the catalog has, if one is near enough (unless :attr:`correct_spelling` is
+        False)."""
+        words = self.tokenizer.words(query)[:MAX_QUERY_TOKENS]
+        tokens = [self.tokenizer.stem(w) for w in words]
         if not self.correct_spelling or all(t in self.term_index for t in tokens):
             return tokens
         corrector = self._spelling()
-        return [corrector.correct(t) or t for t in tokens]
+        for i, (word, token) in enumerate(zip(words, tokens, strict=True)):
+            if token not in self.term_index:
+                nearest = corrector.correct(word)  # compared before stemming
+                if nearest is not None:
+                    tokens[i] = self.tokenizer.stem(nearest)
+        return tokens
 
     def prepare_spelling(self) -> None:
         """Make the spelling corrector's table now rather than at the first misspelt query
-        (0.5–0.6 s for the demo catalog): for a server."""
+        (~1 s for the demo catalog): for a server."""
         if self.correct_spelling:
             self._spelling().prepare()
 
     def _spelling(self) -> TermCorrector:
+        """The corrector over the catalog's words before stemming (a misspelling is a spelling
+        of the word, not of its stem: "stainles" is one edit from "stainless", whose stem is
+        indexed, but its own stem "stainl" is one from "stain"), each with the number of
+        products that hold it."""
         if self._corrector is None:
-            frequency = dict(zip(self.term_index, np.diff(self.term_ptr).tolist(), strict=True))
+            columns = [
+                self.products.column(c).to_pylist() for c in ("title", *self.attribute_fields)
+            ]
+            frequency: Counter[str] = Counter()
+            for title, *values in zip(*columns, strict=True):
+                fields = dict(zip(self.attribute_fields, values, strict=True))
+                frequency.update(set(self.tokenizer.words(searchable_text(title, fields))))
             self._corrector = TermCorrector(frequency)
         return self._corrector
 

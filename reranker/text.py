@@ -72,8 +72,16 @@ class BM25Tokenizer:
         self._stem = _stemmer(stemmer) if stemmer else None
 
     def __call__(self, text: str) -> list[str]:
-        tokens = self._regex.findall(text.lower() if self.lowercase else text)
-        return [self._stem(t) for t in tokens] if self._stem else tokens
+        words = self.words(text)
+        return [self._stem(w) for w in words] if self._stem else words
+
+    def words(self, text: str) -> list[str]:
+        """The tokens before stemming."""
+        return self._regex.findall(text.lower() if self.lowercase else text)
+
+    def stem(self, word: str) -> str:
+        """A word's token (its stem; the word without a stemmer)."""
+        return self._stem(word) if self._stem else word
 
     def settings(self) -> dict[str, object]:
         return {"pattern": self.pattern, "lowercase": self.lowercase, "stemmer": self.stemmer}

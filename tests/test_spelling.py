@@ -76,8 +76,10 @@ def test_index_searches_a_misspelt_word_as_the_nearest_indexed_term(built_index)
     index = BM25Index.load(built_index)
     assert index.query_tokens("gardn hoze 20") == ["garden", "hose", "20"]
     assert np.array_equal(index.scores("gardn hoze"), index.scores("garden hose"))
-    # stems are compared: "cordles" is stemmed "cordl", one edit from "cord", three from "cordless"
-    assert index.query_tokens("cordles") == ["cord"]
+    # words are compared before stemming: "cordles" is one edit from "cordless"; its stem
+    # "cordl" would have been one from "cord"
+    assert index.tokenizer("cordles") == ["cordl"]
+    assert index.query_tokens("cordles") == ["cordless"]
     index.correct_spelling = False
     assert index.query_tokens("gardn hoze") == ["gardn", "hoze"]
     assert not index.scores("gardn hoze").any()

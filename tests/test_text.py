@@ -27,6 +27,7 @@ def test_bm25_tokenizer_keeps_numbers_apart_from_units_and_older_indexes_their_p
     assert tok("60 watt")[0] == tok("60W")[0] == "60"
     older = BM25Tokenizer.from_settings({**tok.settings(), "pattern": "[a-z0-9]+"})
     assert older("60W LED") == ["60w", "led"]
+    assert tok.words("Drills, 60W") == ["drills", "60", "w"] and tok.stem("drills") == "drill"
 
 
 def test_bm25_tokenizer_stems_with_snowball_english_by_default():
