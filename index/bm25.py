@@ -303,12 +303,11 @@ class BM25Index:
         if not self.correct_spelling or all(t in self.term_index for t in tokens):
             return tokens
         corrector = self._spelling()
-        for i, (word, token) in enumerate(zip(words, tokens, strict=True)):
-            if token not in self.term_index:
-                nearest = corrector.correct(word)  # compared before stemming
-                if nearest is not None:
-                    tokens[i] = self.tokenizer.stem(nearest)
-        return tokens
+        searched = []
+        for word, token in zip(words, tokens, strict=True):
+            nearest = () if token in self.term_index else corrector.correct(word)  # unstemmed
+            searched.extend([self.tokenizer.stem(w) for w in nearest] if nearest else [token])
+        return searched
 
     def prepare_spelling(self) -> None:
         """Make the spelling corrector's table now rather than at the first misspelt query

@@ -7,7 +7,9 @@ deletions, substitutions and swaps of neighbouring letters: the optimal string a
 distance), the number allowed growing with its length as OpenSearch's ``fuzziness: AUTO`` does:
 none up to two letters, one for three to five, two from six. Among equally near words the one in
 most products wins, then the alphabetically first. Known words are never changed, nor are
-numbers (a model number the catalog lacks is not a typo of another). Words are compared before
+numbers (a model number the catalog lacks is not a typo of another). A word with nothing near
+enough that is two catalog words written together ("walloven", "rustoleum", "arcfault",
+"ledbulb") is searched as the two. Words are compared before
 stemming, the corrected word is then stemmed: a misspelling is one of the word, not of its stem
 ("stainles" is one edit from "stainless"; its stem "stainl" is one from "stain", which compared
 stem to stem turned "samsung black stainles" into wood stains). Measured on the Home Depot
@@ -24,6 +26,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+
+#: The shortest part of a word split in two ("led" of "ledbulb").
+MIN_PART = 3
 
 
 def max_edits(term: str) -> int:
@@ -91,11 +96,12 @@ class TermCorrector:
             self._table = table
         return self._table
 
-    def _correct(self, token: str) -> str | None:
-        """The known word to search for ``token`` instead, or None (a known word, a number, too
-        short, or nothing near enough); ``correct`` is this, memoised."""
+    def _correct(self, token: str) -> tuple[str, ...]:
+        """The known words to search for ``token`` instead: the nearest one, else two that
+        written together make it ("walloven", "rustoleum", "ledbulb"); none for a known word, a
+        number, nothing near enough. ``correct`` is this, memoised."""
         if token in self.frequency or not token.isalpha():
-            return None
+            return ()
         edits = max_edits(token)
         best: tuple[int, int, str] | None = None
         if edits:
@@ -111,4 +117,16 @@ class TermCorrector:
                         rank = (d, -self.frequency[term], term)
                         if best is None or rank < best:
                             best = rank
-        return best[2] if best else None
+        if best:
+            return (best[2],)
+        # two words of at least MIN_PART letters each, the pair whose rarer word is in most
+        # products (then the earlier cut)
+        parts = [
+            (-min(self.frequency[token[:i]], self.frequency[token[i:]]), i)
+            for i in range(MIN_PART, len(token) - MIN_PART + 1)
+            if token[:i] in self.frequency and token[i:] in self.frequency
+        ]
+        if not parts:
+            return ()
+        cut = min(parts)[1]
+        return (token[:cut], token[cut:])

@@ -179,7 +179,10 @@ def test_cli_index_stemmer_option(tmp_path, catalog_csv):
     r = runner.invoke(main, [*args, "--index-dir", str(tmp_path / "a"), "--stemmer", "none"])
     assert r.exit_code == 0, r.output
     index = BM25Index.load(tmp_path / "a")
-    assert index.manifest["tokenizer"]["stemmer"] is None and index.retrieve("drills", 5) == []
+    assert index.manifest["tokenizer"]["stemmer"] is None
+    assert index.query_tokens("drills") == ["drill"]  # unknown, one edit from a catalog word
+    index.correct_spelling = False
+    assert index.retrieve("drills", 5) == []  # unstemmed, as typed: no product has it
     r = runner.invoke(main, [*args, "--index-dir", str(tmp_path / "b")])
     assert r.exit_code == 0, r.output
     assert BM25Index.load(tmp_path / "b").retrieve("drills", 5)
