@@ -9,12 +9,12 @@ none up to two letters, one for three to five, two from six. Among equally near 
 most products wins, then the alphabetically first. Known words are never changed, nor are
 numbers (a model number the catalog lacks is not a typo of another). A word with nothing near
 enough that is two catalog words written together ("walloven", "rustoleum", "arcfault",
-"ledbulb") is searched as the two. Words are compared before
-stemming, the corrected word is then stemmed: a misspelling is one of the word, not of its stem
-("stainles" is one edit from "stainless"; its stem "stainl" is one from "stain", which compared
-stem to stem turned "samsung black stainles" into wood stains). Measured on the Home Depot
-queries (``training/REPORT.md``, seventeenth session): judged products in the hybrid top 100,
-dev 0.755 → 0.770, held-out train queries 0.743 → 0.750.
+"ledbulb") is searched as the two. Words are compared before stemming, the corrected word is
+then stemmed: a misspelling is one of the word, not of its stem ("stainles" is one edit from
+"stainless"; its stem "stainl" is one from "stain", which compared stem to stem turned "samsung
+black stainles" into wood stains). Measured on the Home Depot queries (``training/REPORT.md``,
+seventeenth session): judged products in the hybrid top 100, dev 0.755 → 0.773, held-out train
+queries 0.743 → 0.752.
 
 Candidates come from a symmetric-deletion table (every word with up to two letters deleted, and
 the same for the query word: two strings within ``d`` edits share a string of at most ``d``
