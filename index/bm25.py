@@ -296,18 +296,29 @@ class BM25Index:
     # ---------------------------------------------------------------- search
     def query_tokens(self, query: str) -> list[str]:
         """The query's tokens as searched: a word no product has is replaced by the nearest
-        word the catalog has, if one is near enough (unless :attr:`correct_spelling` is
-        False)."""
+        word the catalog has, if one is near enough, or by the two it is written from (unless
+        :attr:`correct_spelling` is False)."""
+        return self._searched(query)[0]
+
+    def corrections(self, query: str) -> dict[str, str]:
+        """The query's words searched as other words, e.g. ``{"stainles": "stainless",
+        "walloven": "wall oven"}``: for a "showing results for" line."""
+        return self._searched(query)[1]
+
+    def _searched(self, query: str) -> tuple[list[str], dict[str, str]]:
         words = self.tokenizer.words(query)[:MAX_QUERY_TOKENS]
         tokens = [self.tokenizer.stem(w) for w in words]
         if not self.correct_spelling or all(t in self.term_index for t in tokens):
-            return tokens
+            return tokens, {}
         corrector = self._spelling()
-        searched = []
+        searched: list[str] = []
+        corrected: dict[str, str] = {}
         for word, token in zip(words, tokens, strict=True):
             nearest = () if token in self.term_index else corrector.correct(word)  # unstemmed
+            if nearest:
+                corrected[word] = " ".join(nearest)
             searched.extend([self.tokenizer.stem(w) for w in nearest] if nearest else [token])
-        return searched
+        return searched, corrected
 
     def prepare_spelling(self) -> None:
         """Make the spelling corrector's table now rather than at the first misspelt query

@@ -487,6 +487,12 @@ def search_cmd(
     _print_table(response, load_ms, retrieval)
 
 
+def _print_corrected(response) -> None:
+    if response.corrected:
+        pairs = ", ".join(f"{w} → {r}" for w, r in response.corrected.items())
+        click.echo(f"searched as: {pairs} (unknown words; the nearest the catalog has)")
+
+
 def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
     if response.reranked:
         part = (
@@ -502,12 +508,14 @@ def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
             f"{response.query!r}: {response.candidates} {retrieval} candidates "
             f"reranked by {response.model}{part}"
         )
+        _print_corrected(response)
         click.echo(f"{'#':>3} {'first#':>6} {'score':>7} {'prob':>6} {'first':>7}  title")
     else:
         click.echo(
             f"{response.query!r}: {retrieval} order, not reranked "
             f"({response.candidates} candidates)"
         )
+        _print_corrected(response)
         click.echo(f"{'#':>3} {'first#':>6} {'first':>7}  title")
     for r in response.results:
         # shown as a shopper reads it: scraped catalogs store "Briggs &amp; Stratton" (the

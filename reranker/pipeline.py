@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from reranker.cascade import rescored_count
@@ -54,10 +54,13 @@ class SearchResponse:
     reranked_k: int = 0  # how many of the candidates the model scored (the rest: first-stage order)
     #: a cascade: how many of those its second stage rescored (None: a single model)
     rescored_k: int | None = None
+    #: query words the first stage searched as others (spelling), e.g. {"stainles": "stainless"}
+    corrected: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "query": self.query,
+            "corrected": dict(self.corrected),
             "reranked": self.reranked,
             "model": self.model,
             "candidates": self.candidates,
@@ -188,6 +191,7 @@ class SearchPipeline:
             model=self.reranker.name if use_model else None,
             reranked_k=k_model,
             rescored_k=rescored_count(self.reranker, k_model, second_k) if use_model else None,
+            corrected=corrections(self.retriever, query),
         )
 
     def _rerank(
@@ -209,6 +213,12 @@ class SearchPipeline:
             _result(candidates[i], rank, float(scores.raw[i]), float(scores.probability[i]))
             for rank, i in enumerate(order, start=1)
         ]
+
+
+def corrections(retriever, query: str) -> dict[str, str]:
+    """The query words ``retriever`` searched as others (an embedded index corrects unknown
+    words; other retrievers: none)."""
+    return retriever.corrections(query) if hasattr(retriever, "corrections") else {}
 
 
 def _result(

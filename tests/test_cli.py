@@ -53,6 +53,15 @@ def test_search_table_decodes_html_references_json_keeps_the_stored_text(run, tm
     assert stored == "Corner Baker&#39;s Rack with Slate Top"
 
 
+def test_search_says_what_it_searched_a_misspelt_word_as(run, built_index):
+    table = run("search", "gardn hose", "--index-dir", built_index, "--no-rerank").output
+    assert "searched as: gardn → garden" in table
+    result = run("search", "gardn hose", "--index-dir", built_index, "--no-rerank", "--json")
+    assert json.loads(result.output)["corrected"] == {"gardn": "garden"}
+    plain = run("search", "garden hose", "--index-dir", built_index, "--no-rerank").output
+    assert "searched as" not in plain
+
+
 def test_search_with_model_table_and_json(run, built_index, tiny_model):
     result = run("search", "cordless drill", "--index-dir", built_index, "--model", tiny_model)
     assert result.exit_code == 0, result.output

@@ -156,6 +156,10 @@ def test_search_endpoint_with_comparison(model, built_index):
         assert [x["rank"] for x in body["results"]] == [1, 2, 3, 4, 5]
         assert [x["retrieval_rank"] for x in body["first_stage"]] == [1, 2, 3, 4, 5]
         assert set(body["timings"]) == {"retrieve_ms", "rerank_ms", "total_ms"}
+        assert body["corrected"] == {}
+        misspelt = c.post("/search", json={"query": "cordles dril", "k": 20, "n": 5}).json()
+        assert misspelt["corrected"] == {"cordles": "cordless", "dril": "drill"}
+        assert misspelt["results"][0]["product_id"] == body["results"][0]["product_id"]
         assert c.post("/search", json={"query": ""}).status_code == 422
 
 

@@ -86,6 +86,8 @@ def test_the_deletion_table_finds_what_a_full_scan_finds():
 def test_index_searches_a_misspelt_word_as_the_nearest_indexed_term(built_index):
     index = BM25Index.load(built_index)
     assert index.query_tokens("gardn hoze 20") == ["garden", "hose", "20"]
+    assert index.corrections("Gardn hoze 20") == {"gardn": "garden", "hoze": "hose"}
+    assert index.corrections("garden hose") == {}
     assert np.array_equal(index.scores("gardn hoze"), index.scores("garden hose"))
     # words are compared before stemming: "cordles" is one edit from "cordless"; its stem
     # "cordl" would have been one from "cord"

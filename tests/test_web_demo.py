@@ -50,6 +50,11 @@ def test_search_in_a_real_browser_shows_both_columns(serve_process):
         assert shown == "Briggs & Stratton '22\" <b>x</b>"
         page.screenshot(path=str(ARTIFACTS / "web-demo.png"), full_page=True)
 
+        page.fill("#q", "gardn hose")  # a misspelt word: the status says what was searched
+        page.click("button[type=submit]")
+        page.wait_for_function("document.getElementById('status').textContent.includes('→')")
+        assert "searched as: gardn → garden" in page.inner_text("#status")
+
         shared = browser.new_page(viewport={"width": 1200, "height": 800})
         shared.goto(f"{server}/?q=garden+hose")  # a shared link runs its search on load
         shared.wait_for_selector("#reranked li")

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from reranker.errors import RetrieverUnavailableError
+from reranker.pipeline import corrections
 from reranker.serve import tei
 from reranker.serve.core import ApiError, Scoring, check_count, check_query, document_text
 
@@ -194,6 +195,7 @@ def register(app: FastAPI, core: Scoring, retriever, tokens) -> None:
 
         body = {
             "query": query,
+            "corrected": corrections(retriever, query),
             "reranked": ranking.reranked,
             "fallback_reason": ranking.reason,
             "model": core.model_name,
