@@ -212,10 +212,19 @@ class OpenSearchRetriever:
     >>> retriever.retrieve("cordless drill", k=100)  # doctest: +SKIP
     """
 
-    def __init__(self, options: ConnectionOptions, index: str, *, client: OpenSearch | None = None):
+    def __init__(
+        self,
+        options: ConnectionOptions,
+        index: str,
+        *,
+        client: OpenSearch | None = None,
+        fuzzy: bool = True,
+    ):
         self.options = options
         self.index = index
         self.client = client or options.client()
+        #: the query's fuzziness (:data:`FUZZINESS`); None (``fuzzy=False``): words as typed
+        self.fuzziness: str | None = FUZZINESS if fuzzy else None
         self._attribute_fields: tuple[str, ...] | None = None
 
     @property
@@ -233,18 +242,18 @@ class OpenSearchRetriever:
         text = " ".join(query[:MAX_QUERY_CHARS].split()[:MAX_QUERY_WORDS])
         if not text:
             raise QueryError("query is empty")
+        match = {
+            "query": text,  # a value, never parsed as query syntax
+            "fields": [f"title^{TITLE_BOOST}", "all_text"],
+            "type": "most_fields",
+            "operator": "or",
+        }
+        if self.fuzziness:
+            match["fuzziness"] = self.fuzziness
         return {
             "size": k,
             "track_total_hits": False,
-            "query": {
-                "multi_match": {
-                    "query": text,  # a value, never parsed as query syntax
-                    "fields": [f"title^{TITLE_BOOST}", "all_text"],
-                    "type": "most_fields",
-                    "operator": "or",
-                    "fuzziness": FUZZINESS,
-                }
-            },
+            "query": {"multi_match": match},
             "sort": [{"_score": "desc"}, {"product_id": "asc"}],
             "_source": ["product_id", "title", "attributes"],
         }

@@ -198,6 +198,16 @@ class FirstStage:
     connection: object | None  # a reranker.index.opensearch.ConnectionOptions, for OpenSearch
 
 
+def exact_words_option(f):
+    """--exact-words, shared by search and serve."""
+    return click.option(
+        "--exact-words",
+        is_flag=True,
+        help="Search the query's words as typed: no spelling correction of words no product has "
+        "(embedded index), no fuzzy matching (OpenSearch).",
+    )(f)
+
+
 def model_options(f):
     """--model, --variant and --second-k, shared by search and serve."""
     f = click.option(
@@ -446,9 +456,21 @@ def _embedder(dense: bool, embedder_dir: Path | None):
     "(the rest keep first-stage order).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@exact_words_option
 @backend_options
 def search_cmd(
-    query, index_dir, k, n, model_dir, variant, second_k, no_rerank, budget_ms, as_json, first_stage
+    query,
+    index_dir,
+    k,
+    n,
+    model_dir,
+    variant,
+    second_k,
+    no_rerank,
+    budget_ms,
+    as_json,
+    exact_words,
+    first_stage,
 ):
     """Search the index for QUERY and rerank the top K with the cross-encoder."""
     from reranker.errors import QueryError
@@ -463,6 +485,7 @@ def search_cmd(
         index_dir=index_dir,
         opensearch=first_stage.connection,
         name=first_stage.name,
+        exact_words=exact_words,
     )
     model = None
     if not no_rerank:
@@ -590,6 +613,7 @@ def _print_table(response, load_ms: float, retrieval: str = "BM25") -> None:
     help="Rerank as many candidates as fit the deadline (the rest keep first-stage order), "
     "rather than all or none.",
 )
+@exact_words_option
 @backend_options
 def serve_cmd(
     index_dir,
@@ -608,6 +632,7 @@ def serve_cmd(
     max_field_chars,
     max_body_bytes,
     adaptive,
+    exact_words,
     first_stage,
 ):
     """Run the HTTP rerank service (/rerank, /search, /healthz, /metrics, web demo at /)."""
@@ -625,6 +650,7 @@ def serve_cmd(
             index_dir=index_dir,
             opensearch=first_stage.connection,
             name=first_stage.name,
+            exact_words=exact_words,
         )
     t0 = time.perf_counter()
     model = None

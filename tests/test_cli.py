@@ -60,6 +60,8 @@ def test_search_says_what_it_searched_a_misspelt_word_as(run, built_index):
     assert json.loads(result.output)["corrected"] == {"gardn": "garden"}
     plain = run("search", "garden hose", "--index-dir", built_index, "--no-rerank").output
     assert "searched as" not in plain
+    exact = run("search", "gardn hose", "--index-dir", built_index, "--no-rerank", "--exact-words")
+    assert exact.exit_code == 0 and "searched as" not in exact.output
 
 
 def test_search_with_model_table_and_json(run, built_index, tiny_model):

@@ -151,6 +151,8 @@ def test_mapping_and_analyzer(options, name, catalog):
     misspelt = [c.product.id for c in retriever.retrieve("gardn hoze", 5)]
     assert misspelt[:3] == [c.product.id for c in retriever.retrieve("garden hose", 3)]
     assert retriever.retrieve("zbra", 5) == []
+    exact = OpenSearchRetriever(options, name, fuzzy=False)
+    assert exact.retrieve("gardn hoze", 5) == []  # words as typed: no product has either
     hit = retriever.retrieve("toilet seat biscuit", 1)[0]
     assert hit.product.fields == {
         "brand": "American Standard",

@@ -57,22 +57,6 @@ def standard_mapping(*args, **kwargs) -> dict:
     return m
 
 
-class _Retriever(OpenSearchRetriever):
-    """The retriever's query with the fuzziness studied (None: exact words)."""
-
-    def __init__(self, options, index: str, fuzziness: str | None) -> None:
-        super().__init__(options, index)
-        self.fuzziness = fuzziness
-
-    def query_body(self, query: str, k: int) -> dict:
-        body = super().query_body(query, k)
-        match = body["query"]["multi_match"]
-        match.pop("fuzziness")
-        if self.fuzziness:
-            match["fuzziness"] = self.fuzziness
-        return body
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--catalog", required=True)
@@ -99,7 +83,8 @@ def main() -> None:
             finally:
                 opensearch.mapping = SPLIT_MAPPING
             index = f"kd-fs-{name}"
-        retriever = _Retriever(options, index, fuzziness)
+        retriever = OpenSearchRetriever(options, index)
+        retriever.fuzziness = fuzziness  # the one studied (None: words as typed)
         recall, e2e = [], []
         for q, (ids, rel) in judged.items():
             rel_of = dict(zip(ids, rel, strict=True))
