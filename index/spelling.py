@@ -74,6 +74,8 @@ class TermCorrector:
 
     def __init__(self, frequency: Mapping[str, int]) -> None:
         self.frequency = frequency
+        #: no word longer than this can be within 2 edits of a known one (or two written together)
+        self._longest = max(map(len, frequency), default=0)
         self._table: dict[str, list[str]] | None = None
         #: the same misspellings recur; bounded, as a server sees unboundedly many
         self.correct = functools.lru_cache(maxsize=1 << 16)(self._correct)
@@ -100,11 +102,11 @@ class TermCorrector:
         """The known words to search for ``token`` instead: the nearest one, else two that
         written together make it ("walloven", "rustoleum", "ledbulb"); none for a known word, a
         number, nothing near enough. ``correct`` is this, memoised."""
-        if token in self.frequency or not token.isalpha():
-            return ()
+        if token in self.frequency or not token.isalpha() or len(token) > 2 * self._longest:
+            return ()  # the length check also bounds the work: a token's deletions grow as len²
         edits = max_edits(token)
         best: tuple[int, int, str] | None = None
-        if edits:
+        if edits and len(token) <= self._longest + edits:
             table = self._deletion_table()
             seen: set[str] = set()
             for key in _deletions(token, edits):

@@ -47,6 +47,23 @@ def test_two_words_written_together_are_searched_as_the_two():
     assert fix.correct("leds") == ("led",)  # one edit is nearer than any split
 
 
+def test_a_word_longer_than_any_known_is_left_alone_without_listing_its_deletions(monkeypatch):
+    import reranker.index.spelling as spelling
+
+    listed = []
+    real = spelling._deletions
+    monkeypatch.setattr(spelling, "_deletions", lambda w, d: listed.append(w) or real(w, d))
+    fix = TermCorrector({"wall": 30, "oven": 9})
+    fix.prepare()
+    listed.clear()
+    assert fix.correct("wallovenx") == ()  # 9 letters: beyond 4 + 2 edits and 2 x 4 together
+    # a service query may hold one 1,024-letter word: its ~500,000 deletions are never made
+    assert fix.correct("q" + "abcdefghij" * 102) == ()
+    assert fix.correct("walloven") == ("wall", "oven")  # split, nothing within 2 edits to list
+    assert listed == []
+    assert fix.correct("wal") == ("wall",) and listed == ["wal"]
+
+
 def test_the_deletion_table_finds_what_a_full_scan_finds():
     rng = random.Random(7)
     letters = "abcdefgh"
