@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reranker.catalog import FieldMapping, SkippedRow, read_catalog
 from reranker.index import store
-from reranker.index.bm25 import BM25Index
+from reranker.index.bm25 import DEFAULT_B, DEFAULT_K1, BM25Index
 from reranker.index.dense import DEFAULT_MIN_SIMILARITY, DEFAULT_WEIGHT
 from reranker.text import DEFAULT_STEMMER, BM25Tokenizer
 
@@ -39,6 +39,8 @@ def index_catalog(
     dense_weight: float | None = None,
     min_similarity: float | None = None,
     stemmer: str | None = DEFAULT_STEMMER,
+    bm25_k1: float = DEFAULT_K1,
+    bm25_b: float = DEFAULT_B,
 ) -> IndexReport:
     """Read, validate and index a catalog into ``index_dir`` (atomically).
 
@@ -48,7 +50,9 @@ def index_catalog(
     :class:`~reranker.embedder.TextEmbedder`), every product's vector is stored and retrieval
     is hybrid (:mod:`reranker.index.dense`; ``dense_weight``: the cosine's weight,
     ``min_similarity``: the cosine a product without any query token needs).
-    ``stemmer``: the Snowball stemmer of BM25's tokens (``None``: none).
+    ``stemmer``: the Snowball stemmer of BM25's tokens (``None``: none); ``bm25_k1``,
+    ``bm25_b``: BM25's term-frequency saturation and length normalisation
+    (:data:`reranker.index.bm25.DEFAULT_K1`).
     """
     start = time.perf_counter()
     if store.exists(index_dir) and not overwrite:  # fail before the slow part
@@ -56,7 +60,9 @@ def index_catalog(
     catalog = read_catalog(
         catalog_path, mapping, fmt=fmt, skip_invalid=skip_invalid, progress=progress
     )
-    index = BM25Index.build(catalog, tokenizer=BM25Tokenizer(stemmer=stemmer), progress=progress)
+    index = BM25Index.build(
+        catalog, tokenizer=BM25Tokenizer(stemmer=stemmer), k1=bm25_k1, b=bm25_b, progress=progress
+    )
     if embedder is not None:
         index.add_dense(
             embedder,
@@ -89,10 +95,13 @@ def index_catalog_opensearch(
     progress: bool = False,
     rerank_fields: Sequence[str] | None = None,
     search_pipeline: str | None = None,
+    bm25_k1: float = DEFAULT_K1,
+    bm25_b: float = DEFAULT_B,
 ) -> IndexReport:
     """Read and validate a catalog, bulk-load it into OpenSearch behind alias ``name``
     (``options``: a :class:`reranker.index.opensearch.ConnectionOptions`); ``rerank_fields``:
-    store each product's model text for OpenSearch's rerank processor."""
+    store each product's model text for OpenSearch's rerank processor; ``bm25_k1``, ``bm25_b``:
+    the index's BM25 parameters."""
     from reranker.index import opensearch
 
     start = time.perf_counter()
@@ -108,6 +117,8 @@ def index_catalog_opensearch(
         progress=progress,
         rerank_fields=rerank_fields,
         search_pipeline=search_pipeline,
+        bm25_k1=bm25_k1,
+        bm25_b=bm25_b,
     )
     return IndexReport(
         f"{options.url} alias {name!r} -> {report.physical_index}",

@@ -26,6 +26,7 @@ from reranker.errors import (
     RetrieverUnavailableError,
 )
 from reranker.index.base import Candidate
+from reranker.index.bm25 import DEFAULT_B, DEFAULT_K1
 
 require("opensearchpy", "opensearch")
 
@@ -154,17 +155,22 @@ def mapping(
     attribute_fields: Sequence[str],
     rerank_fields: Sequence[str] | None = None,
     search_pipeline: str | None = None,
+    *,
+    k1: float = DEFAULT_K1,
+    b: float = DEFAULT_B,
 ) -> dict:
     """Text fields for BM25 (the embedded index's tokens, lowercased and stemmed by Snowball's
     English stemmer, as the embedded index stems; the pattern tokenizer is core's, the filter
     analysis-common's, in every full distribution), the id as a keyword for tie-breaks, and the
     raw fields kept in ``_source`` for display; with ``rerank_fields``, the model's product text
     in ``rerank_text`` (stored, not searched); with ``search_pipeline``, the index's default
-    search pipeline."""
+    search pipeline. Every field scores with BM25 of ``k1`` and ``b`` (the embedded index's
+    defaults, :data:`reranker.index.bm25.DEFAULT_K1`; OpenSearch's own are 1.2 and 0.75)."""
     text = {"type": "text", "analyzer": ANALYZER}
     settings: dict = {
         "number_of_shards": 1,
         "number_of_replicas": 0,
+        "similarity": {"default": {"type": "BM25", "k1": k1, "b": b}},
         "analysis": {
             "tokenizer": {"kd_words": {"type": "pattern", "pattern": TOKEN_PATTERN, "group": 0}},
             "filter": {"kd_english_stem": {"type": "snowball", "language": "English"}},
@@ -297,6 +303,8 @@ def index_catalog_opensearch(
     documents: Iterable[dict] | None = None,
     rerank_fields: Sequence[str] | None = None,
     search_pipeline: str | None = None,
+    bm25_k1: float = DEFAULT_K1,
+    bm25_b: float = DEFAULT_B,
 ) -> BulkReport:
     """Create a new physical index, bulk-load the catalog, refresh, and point alias ``name`` at
     it atomically.
@@ -304,7 +312,8 @@ def index_catalog_opensearch(
     Per-document failures are collected by product id, never dropped. Unless ``allow_failures``,
     any failure aborts: the new index is deleted, the alias keeps pointing at the old one, and a
     :class:`BulkIndexError` lists the failed ids. ``rerank_fields``: also store each product's
-    model text (see :func:`mapping`); ``search_pipeline``: the new index's default pipeline.
+    model text (see :func:`mapping`); ``search_pipeline``: the new index's default pipeline;
+    ``bm25_k1``, ``bm25_b``: its BM25 parameters (the embedded index's defaults).
     """
     client = options.client()
     start = time.perf_counter()
@@ -326,7 +335,9 @@ def index_catalog_opensearch(
         physical = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
         client.indices.create(
             index=physical,
-            body=mapping(catalog.attribute_fields, rerank_fields, search_pipeline),
+            body=mapping(
+                catalog.attribute_fields, rerank_fields, search_pipeline, k1=bm25_k1, b=bm25_b
+            ),
         )
     except IndexExistsError:
         raise

@@ -278,6 +278,21 @@ def main() -> None:
     "'none' (OpenSearch indexes always stem with Snowball's English).",
 )
 @click.option(
+    "--bm25-k1",
+    type=click.FloatRange(min=0),
+    default=0.3,
+    show_default=True,
+    help="BM25's term-frequency saturation (both backends): low counts a word said twice in a "
+    "product's text nearly once.",
+)
+@click.option(
+    "--bm25-b",
+    type=click.FloatRange(0, 1),
+    default=0.4,
+    show_default=True,
+    help="BM25's length normalisation (both backends): 0 none, 1 full.",
+)
+@click.option(
     "--dense/--no-dense",
     default=None,
     help="Embedded index (default: --dense): also store every product's sentence embedding, "
@@ -319,6 +334,8 @@ def index_cmd(
     model_dir,
     no_tokens,
     stemmer,
+    bm25_k1,
+    bm25_b,
     dense,
     min_similarity,
     embedder_dir,
@@ -336,6 +353,7 @@ def index_cmd(
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
     mapping = FieldMapping(id_field, title_field, attrs)
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
+    bm25 = dict(bm25_k1=bm25_k1, bm25_b=bm25_b)
     if first_stage.backend == "opensearch":
         if dense or embedder_dir:
             raise click.UsageError(
@@ -354,6 +372,7 @@ def index_cmd(
             mapping,
             rerank_fields=rerank_fields,
             search_pipeline=search_pipeline,
+            **bm25,
             **common,
         )
         if rerank_fields is not None:
@@ -389,6 +408,7 @@ def index_cmd(
             embedder=embedder,
             min_similarity=min_similarity,
             stemmer=stemmer,
+            **bm25,
             **common,
         )
         if embedder is not None:

@@ -28,7 +28,8 @@ def test_every_score_equals_bm25okapi_on_the_same_tokens(built_index, catalog_cs
     index = BM25Index.load(built_index)
     catalog = read_catalog(catalog_csv)
     tok = index.tokenizer
-    ref = BM25Okapi([tok(searchable_text(p.title, p.fields)) for p in catalog.products])
+    corpus = [tok(searchable_text(p.title, p.fields)) for p in catalog.products]
+    ref = BM25Okapi(corpus, k1=index.params["k1"], b=index.params["b"])
     for q in ["cordless drill drill", "white", "hose reel cart wheels", "1 gal", "nothing here"]:
         assert np.array_equal(index.scores(q), ref.get_scores(tok(q))), q
 
@@ -55,7 +56,8 @@ def test_manifest_records_count_checksum_tokenizer_and_version(built_index, cata
         "lowercase": True,
         "stemmer": "english",
     }
-    assert manifest["bm25"]["k1"] == 1.5 and "rank-bm25" in manifest["bm25"]["implementation"]
+    assert (manifest["bm25"]["k1"], manifest["bm25"]["b"]) == (0.3, 0.4)
+    assert "rank-bm25" in manifest["bm25"]["implementation"]
     assert not list(gen.glob("*.pkl")) and not list(gen.glob("*.pickle"))
 
 

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from reranker import __version__
 from reranker.cli import main
+from reranker.index import BM25Index
 
 
 @pytest.fixture
@@ -33,6 +34,22 @@ def test_index_then_search_first_stage_only(run, tmp_path, catalog_csv):
     assert "hybrid (BM25 + dense) order, not reranked" in result.output
     assert "retrieval" in result.output and "ms" in result.output
     assert len([ln for ln in result.output.splitlines() if ln[:3].strip().isdigit()]) == 3
+
+
+def test_index_bm25_parameters(run, tmp_path, catalog_csv):
+    default, custom = tmp_path / "default", tmp_path / "custom"
+    assert run("index", catalog_csv, "--index-dir", default, "-q", "--no-dense").exit_code == 0
+    result = run(
+        "index", catalog_csv, "--index-dir", custom, "-q", "--no-dense",
+        "--bm25-k1", "1.5", "--bm25-b", "0.75",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    params = [BM25Index.load(d).params for d in (default, custom)]
+    assert [(p["k1"], p["b"]) for p in params] == [(0.3, 0.4), (1.5, 0.75)]
+    scores = [BM25Index.load(d).retrieve("green hose", 1)[0].score for d in (default, custom)]
+    assert scores[0] != scores[1]
+    result = run("index", catalog_csv, "--index-dir", tmp_path / "bad", "--bm25-b", "2")
+    assert result.exit_code != 0 and "--bm25-b" in result.output
 
 
 def test_search_table_decodes_html_references_json_keeps_the_stored_text(run, tmp_path):

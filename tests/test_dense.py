@@ -259,3 +259,38 @@ def test_fusion_study_needs_a_hybrid_index(
         _run_fusion(
             monkeypatch, built_index, tiny_model, "x", "y", catalog_csv, tmp_path / "f.json"
         )
+
+
+def test_bm25_parameter_study(hybrid_index, catalog_csv, write_judged, tmp_path, monkeypatch):
+    """`python -m reranker.training.first_stage_bm25`: a draw never holds another set's query,
+    and the index's own parameters give what the index itself retrieves."""
+    import sys
+
+    from reranker.training import first_stage_bm25
+
+    rows = [
+        ("cordless drill", "p002", 3.0),
+        ("cordless drill", "p013", 1.0),
+        ("garden hose", "p007", 3.0),
+        ("garden hose", "p010", 1.33),
+        ("toilet seat", "p013", 3.0),
+        ("toilet seat", "p002", 1.0),
+    ]
+    train = write_judged(tmp_path / "train.parquet", rows)
+    held = write_judged(tmp_path / "held.parquet", rows[:2])
+    sets = first_stage_bm25.query_sets([f"held={held}", f"train={train}:2"])
+    assert sets["held"][1] == ["cordless drill"]
+    assert sets["train"][1] == ["garden hose", "toilet seat"]  # the held query left out
+    out = tmp_path / "bm25.json"
+    argv = ["first_stage_bm25", "--index-dir", str(hybrid_index), "--catalog", str(catalog_csv)]
+    argv += ["--judged", f"held={held}", "--judged", f"train={train}:2"]
+    argv += ["--k1", "0.3,1.5", "--b", "0.4", "--output", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    first_stage_bm25.main()
+    points = json.loads(out.read_text())["points"]
+    assert sorted(points) == ["k1=0.3,b=0.4,w=1.0", "k1=1.5,b=0.4,w=1.0"]
+    index = BM25Index.load(hybrid_index)
+    judged = sets["train"][0]
+    own = first_stage_bm25.measure(index, {"train": (judged, sets["train"][1])}, None)
+    assert points["k1=0.3,b=0.4,w=1.0"]["train"] == own["train"]
+    assert 0 <= own["train"]["recall"] <= 1 and "teacher" not in own["train"]

@@ -128,6 +128,9 @@ def test_mapping_and_analyzer(options, name, catalog):
     assert p["product_id"]["type"] == "keyword"
     assert p["title"] == {"type": "text", "analyzer": "kd_english", "copy_to": ["all_text"]}
     assert set(p["attributes"]["properties"]) == {"brand", "color", "material"}
+    # every field scores with the embedded index's BM25 parameters, not OpenSearch's 1.2 / 0.75
+    settings = client.indices.get_settings(index=name)[report.physical_index]["settings"]
+    assert settings["index"]["similarity"]["default"] == {"type": "BM25", "k1": "0.3", "b": "0.4"}
     tokens = client.indices.analyze(
         index=name, body={"field": "title", "text": "DEWALT 20-Volt Drills/Driver Seats"}
     )

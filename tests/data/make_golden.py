@@ -34,7 +34,7 @@ corpus = [
     tokens(" ".join(v for v in (r["title"], r["brand"], r["color"], r["material"]) if v))
     for r in rows
 ]
-bm25 = BM25Okapi(corpus)
+bm25 = BM25Okapi(corpus, k1=0.3, b=0.4, epsilon=0.25)  # reranker.index.bm25.DEFAULT_K1, DEFAULT_B
 golden = {}
 for q in QUERIES:
     scores = bm25.get_scores(tokens(q))
