@@ -3,7 +3,8 @@
 A directory holds ``embedder.json`` (:class:`EmbedderConfig`), ``tokenizer.json`` and an ONNX
 graph that maps ``input_ids``/``attention_mask`` (and ``token_type_ids`` when it takes them) to
 one mean-pooled, L2-normalised vector per text. ``reranker-train export-embedder`` writes it;
-the package ships one (all-MiniLM-L6-v2, int8) in ``reranker/models/retriever``. The index
+the package ships one (all-MiniLM-L6-v2 fine-tuned on Home Depot train queries, int8) in
+``reranker/models/retriever``. The index
 stores every product's vector; per query only the query is encoded.
 """
 

@@ -16,6 +16,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from reranker.embedder import CONFIG_FILE, EmbedderConfig, TextEmbedder
 from reranker.errors import ModelError
+from reranker.training.tune_embedder import TUNING_FILE
 
 PARITY_TEXTS = (
     "cordless drill",
@@ -114,8 +115,11 @@ def export_embedder(
             _quantize(tmp / "model.onnx", tmp / "model.int8.onnx", per_channel)
             (tmp / "model.onnx").unlink()
             file = "model.int8.onnx"
+        tuning = model_path / TUNING_FILE  # written by python -m reranker.training.tune_embedder
+        tuned = json.loads(tuning.read_text()) if tuning.is_file() else None
         meta = {
-            "base_model": model_path.name,
+            "base_model": tuned["base_model"] if tuned else model_path.name,
+            **({"tuning": tuned} if tuned else {}),
             **(metadata or {}),
             "pooling": "mean, L2-normalised",
             "variant": "int8" if int8 else "fp32",

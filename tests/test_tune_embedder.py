@@ -1,0 +1,49 @@
+"""`python -m reranker.training.tune_embedder`: batches without a repeated query or product,
+and a tuned folder that `reranker export-embedder` turns into the runtime's embedder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from reranker.embedder import TextEmbedder
+from reranker.training.tune_embedder import batches, positive_pairs, tune
+
+
+def test_batches_never_repeat_a_query_or_a_product():
+    pairs = [(f"q{i % 5}", f"p{i % 7}") for i in range(40)]
+    plan = batches(pairs, 4, seed=1)
+    assert sorted(p for b in plan for p in b) == sorted(pairs)  # every pair once
+    for b in plan:
+        assert len(b) <= 4
+        assert len({q for q, _ in b}) == len(b) and len({p for _, p in b}) == len(b)
+    assert batches(pairs, 4, seed=1) == plan  # seeded
+
+
+def test_tune_then_export(tmp_path, tiny_hf_model, write_judged):
+    from reranker.training.export_embedder import export_embedder
+
+    products = {"p1": "cordless drill", "p2": "garden hose", "p3": "toilet seat", "p4": "x"}
+    rows = [
+        ("drill", "p1", 3.0),
+        ("hose", "p2", 2.67),
+        ("seat", "p3", 3.0),
+        ("seat", "p4", 1.0),  # below --min-relevance: not a positive
+        ("held", "p1", 3.0),  # an excluded query
+        ("drill", "p9", 3.0),  # not in the catalog
+    ]
+    judged = write_judged(tmp_path / "train.parquet", rows)
+    pairs = positive_pairs(judged, products, min_relevance=2.5, exclude={"held"})
+    assert pairs == [("drill", "p1"), ("hose", "p2"), ("seat", "p3")]
+    out = tmp_path / "tuned"
+    summary = tune(tiny_hf_model, pairs, products, out, batch_size=3, epochs=2, lr=1e-3,
+                   max_length=16, progress=False, about={"base_model": "tiny"})  # fmt: skip
+    assert summary["steps"] == 2 and summary["pairs"] == 3 and summary["queries"] == 3
+    assert json.loads((out / "tuning.json").read_text())["steps"] == 2
+    base = export_embedder(tiny_hf_model, tmp_path / "e0", max_length=16, int8=False)
+    tuned = export_embedder(out, tmp_path / "e1", max_length=16, int8=False)
+    meta = json.loads((tuned / "embedder.json").read_text())["metadata"]
+    assert meta["base_model"] == "tiny" and meta["tuning"]["steps"] == 2  # what it was tuned on
+    a, b = TextEmbedder(base).embed(["drill"]), TextEmbedder(tuned).embed(["drill"])
+    assert a.shape == b.shape and not np.allclose(a, b)  # the weights moved
