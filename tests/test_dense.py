@@ -293,4 +293,4 @@ def test_bm25_parameter_study(hybrid_index, catalog_csv, write_judged, tmp_path,
     judged = sets["train"][0]
     own = first_stage_bm25.measure(index, {"train": (judged, sets["train"][1])}, None)
     assert points["k1=0.3,b=0.4,w=1.0"]["train"] == own["train"]
-    assert 0 <= own["train"]["recall"] <= 1 and "teacher" not in own["train"]
+    assert 0 <= own["train"]["recall"] <= 1 and "reranked_e2e" not in own["train"]

@@ -81,6 +81,30 @@ def candidate_sets(hybrid: BM25Index, plain: BM25Index, query: str) -> dict[str,
     return sets
 
 
+def candidate_measures(
+    order: list[str], ids: list[str], rel: np.ndarray, score_of=None
+) -> dict[str, float]:
+    """One query's measures of a first stage's candidates (product ids, best first) against its
+    judged products ``ids`` with relevance ``rel``: recall (share of the judged products found),
+    gain_recall (the same weighted by gain), oracle_e2e (those found in their judged order: the
+    ceiling of any reranker), first_stage_e2e (in retrieval order) and, with ``score_of`` (product
+    id → a reranker's score), reranked_e2e (in that score's order)."""
+    rel_of = dict(zip(ids, rel, strict=True))
+    found = [p for p in order if p in rel_of]
+    g = gain(rel)
+    got = g[[ids.index(p) for p in found]].sum() if found else 0.0
+    m = {
+        "recall": len(found) / len(ids),
+        "gain_recall": got / g.sum() if g.sum() > 0 else 1.0,
+        "oracle_e2e": ndcg_at(sorted((rel_of[p] for p in found), reverse=True), rel),
+        "first_stage_e2e": ndcg_at([rel_of[p] for p in found], rel),
+    }
+    if score_of is not None:
+        s = [score_of(p) for p in found]
+        m["reranked_e2e"] = ndcg_at([rel_of[found[i]] for i in rank_order(s, found)], rel)
+    return m
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--index-dir", required=True, help="A hybrid index (reranker index).")
@@ -131,23 +155,12 @@ def main() -> None:
     per: dict[str, dict[str, list[float]]] = {}
     for q in tqdm(queries, desc="first stages", unit="query"):
         ids, rel = judged[q]
-        rel_of = dict(zip(ids, rel, strict=True))
-        g = gain(rel)
+        score = (lambda p, q=q: score_of[(q, p)]) if score_of else None
         for name, rows in candidate_sets(hybrid, plain, q).items():
             order = [hybrid.ids[r] for r in rows]
-            found = [p for p in order if p in rel_of]
             m = per.setdefault(name, {})
-            m.setdefault("recall", []).append(len(found) / len(ids))
-            got = g[[ids.index(p) for p in found]].sum() if found else 0.0
-            m.setdefault("gain_recall", []).append(got / g.sum() if g.sum() > 0 else 1.0)
-            m.setdefault("oracle_e2e", []).append(
-                ndcg_at(sorted((rel_of[p] for p in found), reverse=True), rel)
-            )
-            m.setdefault("first_stage_e2e", []).append(ndcg_at([rel_of[p] for p in found], rel))
-            if score_of:
-                s = [score_of[(q, p)] for p in found]
-                ranked = [rel_of[found[i]] for i in rank_order(s, found)]
-                m.setdefault("reranked_e2e", []).append(ndcg_at(ranked, rel))
+            for k, v in candidate_measures(order, ids, rel, score).items():
+                m.setdefault(k, []).append(v)
     result = {
         "judged": str(args.judged),
         "queries": len(queries),

@@ -13,11 +13,11 @@ queries: which products reach the reranker with each.
 ``INDEX`` is a hybrid index built by ``reranker index`` (its tokenizer, spelling correction and
 dense vectors are reused; BM25 is rebuilt in memory for each (k1, b)). ``NAME=FILE:N`` draws N of
 the file's evaluable queries (seed 0), leaving out the queries of every other ``--judged`` file
-(so a train draw never holds a held-out query). For each point and query set: *recall* (share of
-a query's judged products in the hybrid top 100), *oracle* (those in their judged order: the
-ceiling of any reranker), *first* (end-to-end NDCG@10 in retrieval order) and, with
-``--scores`` (e.g. the teacher's of train pairs), *teacher* (in that score's order: a stand-in
-reranker). Choose on train queries; dev only reports (training/REPORT.md, eighteenth session).
+(so a train draw never holds a held-out query). For each point and query set, the measures of
+``python -m reranker.training.first_stage`` over the hybrid top 100: recall, gain_recall,
+oracle_e2e (the ceiling of any reranker), first_stage_e2e and, with ``--scores`` (e.g. the
+teacher's of train pairs), reranked_e2e (in that score's order: a stand-in reranker). Choose on
+train queries; dev only reports (training/REPORT.md, eighteenth session).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ import numpy as np
 
 from reranker.catalog import read_catalog
 from reranker.index import BM25Index
-from reranker.training.evaluate import load_judged, ndcg_at, rank_order
+from reranker.training.evaluate import load_judged
+from reranker.training.first_stage import candidate_measures
 
 
 def _floats(text: str) -> list[float]:
@@ -59,20 +60,19 @@ def query_sets(specs: list[str]) -> dict[str, tuple[dict, list[str]]]:
 
 
 def measure(index: BM25Index, sets, score_of: dict | None) -> dict:
+    """Mean :func:`~reranker.training.first_stage.candidate_measures` of the index's top 100 over
+    each set's queries (reranked_e2e where ``score_of`` scores every judged pair of the query)."""
     result = {}
     for name, (judged, queries) in sets.items():
-        m: dict[str, list[float]] = {"recall": [], "oracle": [], "first": [], "teacher": []}
+        m: dict[str, list[float]] = {}
         for q in queries:
             ids, rel = judged[q]
-            rel_of = dict(zip(ids, rel, strict=True))
-            found = [c.product.id for c in index.retrieve(q, 100) if c.product.id in rel_of]
-            m["recall"].append(len(found) / len(ids))
-            m["oracle"].append(ndcg_at(sorted((rel_of[p] for p in found), reverse=True), rel))
-            m["first"].append(ndcg_at([rel_of[p] for p in found], rel))
-            if score_of is not None and all((q, p) in score_of for p in ids):
-                s = [score_of[(q, p)] for p in found]
-                m["teacher"].append(ndcg_at([rel_of[found[i]] for i in rank_order(s, found)], rel))
-        result[name] = {k: round(float(np.mean(v)), 4) for k, v in m.items() if v}
+            order = [c.product.id for c in index.retrieve(q, 100)]
+            scored = score_of is not None and all((q, p) in score_of for p in ids)
+            score = (lambda p, q=q: score_of[(q, p)]) if scored else None
+            for k, v in candidate_measures(order, ids, rel, score).items():
+                m.setdefault(k, []).append(v)
+        result[name] = {k: round(float(np.mean(v)), 4) for k, v in m.items()}
     return result
 
 
