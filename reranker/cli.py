@@ -280,17 +280,13 @@ def main() -> None:
 @click.option(
     "--bm25-k1",
     type=click.FloatRange(min=0),
-    default=0.3,
-    show_default=True,
-    help="BM25's term-frequency saturation (both backends): low counts a word said twice in a "
-    "product's text nearly once.",
+    help="BM25's term-frequency saturation (both backends; default 0.3): low counts a word said "
+    "twice in a product's text nearly once.",
 )
 @click.option(
     "--bm25-b",
     type=click.FloatRange(0, 1),
-    default=0.4,
-    show_default=True,
-    help="BM25's length normalisation (both backends): 0 none, 1 full.",
+    help="BM25's length normalisation (both backends; default 0.4): 0 none, 1 full.",
 )
 @click.option(
     "--dense/--no-dense",
@@ -353,7 +349,7 @@ def index_cmd(
     attrs = None if fields is None else tuple(f.strip() for f in fields.split(",") if f.strip())
     mapping = FieldMapping(id_field, title_field, attrs)
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
-    bm25 = dict(bm25_k1=bm25_k1, bm25_b=bm25_b)
+    bm25 = {k: v for k, v in (("bm25_k1", bm25_k1), ("bm25_b", bm25_b)) if v is not None}
     if first_stage.backend == "opensearch":
         if dense or embedder_dir:
             raise click.UsageError(
