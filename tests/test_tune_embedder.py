@@ -47,3 +47,18 @@ def test_tune_then_export(tmp_path, tiny_hf_model, write_judged):
     assert meta["base_model"] == "tiny" and meta["tuning"]["steps"] == 2  # what it was tuned on
     a, b = TextEmbedder(base).embed(["drill"]), TextEmbedder(tuned).embed(["drill"])
     assert a.shape == b.shape and not np.allclose(a, b)  # the weights moved
+
+
+def test_no_positive_pairs_is_a_one_line_error(tmp_path, catalog_csv, write_judged, monkeypatch):
+    import sys
+
+    import pytest
+
+    from reranker.training import tune_embedder
+
+    judged = write_judged(tmp_path / "j.parquet", [("drill", "nope", 3.0), ("drill", "p002", 1.0)])
+    argv = ["tune_embedder", "--judged", str(judged), "--catalog", str(catalog_csv)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="0 judged pair"):
+        tune_embedder.main()
+    assert not (tmp_path / "out").exists()

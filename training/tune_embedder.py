@@ -185,6 +185,11 @@ def main() -> None:
     for f in args.exclude_queries:
         exclude.update(read_pairs(f, ("query",)).column("query").to_pylist())
     pairs = positive_pairs(args.judged, products, min_relevance=args.min_relevance, exclude=exclude)
+    if len(pairs) < 2:
+        raise SystemExit(
+            f"{args.judged}: {len(pairs)} judged pair(s) of relevance >= {args.min_relevance} "
+            f"whose product {args.catalog} has; at least 2 are needed"
+        )
     print(f"{len(pairs)} positive pairs, {len({q for q, _ in pairs})} queries "
           f"({len(exclude)} queries excluded)")  # fmt: skip
     about = {
