@@ -99,6 +99,8 @@ def tune(
     from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
 
+    from reranker.training.export_embedder import MeanPooled
+
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     base, output = Path(base), Path(output)
@@ -115,14 +117,13 @@ def tune(
         opt, lambda s: min((s + 1) / warm, max(0.0, (len(plan) - s) / max(1, len(plan) - warm)))
     )
 
+    pooled = MeanPooled(encoder)  # the graph `reranker export-embedder` writes, trained as such
+
     def embed(texts: list[str]) -> torch.Tensor:
         enc = tokenizer(
             texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
-        states = encoder(**enc)[0]
-        mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled(enc["input_ids"], enc["attention_mask"])
 
     losses = []
     bar = tqdm(plan, desc="tuning embedder", unit="step", disable=not progress)
