@@ -1,12 +1,15 @@
-"""First-stage latency of embedded indexes, alternating by round: retrieval of the top k for
-each query (BM25, fused with dense vectors when the index has them), with or without spelling
-correction of unknown query words.
+"""First-stage latency of embedded and OpenSearch indexes, alternating by round: retrieval of
+the top k for each query (BM25, fused with dense vectors when the index has them), with or
+without spelling correction of unknown query words (OpenSearch: fuzzy matching).
 
     python benchmarks/bench_first_stage.py --queries ../shared/data/homedepot/dev.parquet \\
-        --index before=OLD_INDEX:exact --index now=NEW_INDEX
+        --index before=OLD_INDEX:exact --index now=NEW_INDEX \\
+        --index opensearch=opensearch:ALIAS
 
 ``NAME=DIR`` searches as the index does by default; ``NAME=DIR:exact`` with
 ``correct_spelling`` off. The spelling table is made before timing (as ``reranker serve`` does).
+``NAME=opensearch:ALIAS`` is an OpenSearch index at ``--url`` (its hybrid or BM25 retrieval, as
+``reranker index --backend opensearch`` built it); ``opensearch:ALIAS:exact`` without fuzziness.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     ap.add_argument("--n-queries", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-k", type=int, default=100)
+    ap.add_argument("--url", default="http://127.0.0.1:9200", help="OpenSearch, for opensearch:")
     args = ap.parse_args()
 
     queries = sorted(set(pq.read_table(args.queries, columns=["query"])["query"].to_pylist()))
@@ -37,10 +41,16 @@ def main() -> None:
     indexes = {}
     for spec in args.index:
         name, _, where = spec.partition("=")
-        path, _, mode = where.partition(":")
-        index = BM25Index.load(path)
-        index.correct_spelling = mode != "exact"
-        index.prepare_spelling()
+        if where.startswith("opensearch:"):
+            from reranker.index.opensearch import ConnectionOptions, OpenSearchRetriever
+
+            alias, _, mode = where.removeprefix("opensearch:").partition(":")
+            index = OpenSearchRetriever(ConnectionOptions(args.url), alias, fuzzy=mode != "exact")
+        else:
+            path, _, mode = where.partition(":")
+            index = BM25Index.load(path)
+            index.correct_spelling = mode != "exact"
+            index.prepare_spelling()
         for q in queries[:20]:  # warm the embedder session and the caches
             index.retrieve(q, args.k)
         indexes[name] = index

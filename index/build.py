@@ -97,11 +97,14 @@ def index_catalog_opensearch(
     search_pipeline: str | None = None,
     bm25_k1: float = DEFAULT_K1,
     bm25_b: float = DEFAULT_B,
+    embedder=None,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
 ) -> IndexReport:
     """Read and validate a catalog, bulk-load it into OpenSearch behind alias ``name``
     (``options``: a :class:`reranker.index.opensearch.ConnectionOptions`); ``rerank_fields``:
     store each product's model text for OpenSearch's rerank processor; ``bm25_k1``, ``bm25_b``:
-    the index's BM25 parameters."""
+    the index's BM25 parameters; ``embedder``: store every product's embedding (hybrid
+    retrieval, ``min_similarity`` as in the embedded index)."""
     from reranker.index import opensearch
 
     start = time.perf_counter()
@@ -119,6 +122,8 @@ def index_catalog_opensearch(
         search_pipeline=search_pipeline,
         bm25_k1=bm25_k1,
         bm25_b=bm25_b,
+        embedder=embedder,
+        min_similarity=min_similarity,
     )
     return IndexReport(
         f"{options.url} alias {name!r} -> {report.physical_index}",

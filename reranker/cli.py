@@ -291,10 +291,10 @@ def main() -> None:
 @click.option(
     "--dense/--no-dense",
     default=None,
-    help="Embedded index (default: --dense): also store every product's sentence embedding, "
-    "so retrieval is hybrid (BM25 fused with the query's cosine similarity: finds products "
-    "described in other words or spellings); --no-dense: BM25 alone. The OpenSearch backend "
-    "retrieves with (stemmed) BM25 only.",
+    help="Also store every product's sentence embedding, so retrieval is hybrid (BM25 fused "
+    "with the query's cosine similarity: finds products described in other words or "
+    "spellings); --no-dense: BM25 alone. Default: --dense, except on an OpenSearch cluster "
+    "without the k-NN plugin (BM25 alone, said).",
 )
 @click.option(
     "--min-similarity",
@@ -308,8 +308,9 @@ def main() -> None:
     "--embedder",
     "embedder_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Sentence embedder for --dense (a directory written by `reranker "
-    "export-embedder`; default: the one shipped with the package).",
+    help="Embedded index: the sentence embedder for --dense (a directory written by `reranker "
+    "export-embedder`; default: the one shipped with the package, which OpenSearch indexes "
+    "always use).",
 )
 @click.option(
     "--search-pipeline",
@@ -338,8 +339,8 @@ def index_cmd(
     search_pipeline,
     first_stage,
 ):
-    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for retrieval: the embedded index's
-    stemmed BM25, by default fused with dense vectors (hybrid), or OpenSearch's BM25."""
+    """Index a product CATALOG (CSV, TSV, JSONL or Parquet) for retrieval: stemmed BM25, by
+    default fused with dense vectors (hybrid), in the embedded index or in OpenSearch."""
     from reranker.catalog import FieldMapping, describe_skipped
     from reranker.index import build
     from reranker.models import resolve_model_dir
@@ -351,10 +352,12 @@ def index_cmd(
     common = dict(fmt=fmt, skip_invalid=skip_invalid, overwrite=overwrite, progress=not quiet)
     bm25 = {k: v for k, v in (("bm25_k1", bm25_k1), ("bm25_b", bm25_b)) if v is not None}
     if first_stage.backend == "opensearch":
-        if dense or embedder_dir:
+        if embedder_dir:
             raise click.UsageError(
-                "--dense/--embedder: the OpenSearch backend retrieves with BM25 only"
+                "--embedder: the OpenSearch backend embeds with the embedder shipped with the "
+                "package (its retriever embeds queries with that one)"
             )
+        embedder = _opensearch_embedder(dense, first_stage.connection)
         rerank_fields = None  # the model's product text, for OpenSearch's rerank processor
         model_path = resolve_model_dir(model_dir) if model_dir else default_model_dir()
         if not no_tokens and model_path:
@@ -368,9 +371,16 @@ def index_cmd(
             mapping,
             rerank_fields=rerank_fields,
             search_pipeline=search_pipeline,
+            embedder=embedder,
+            min_similarity=min_similarity,
             **bm25,
             **common,
         )
+        if embedder is not None:
+            click.echo(
+                f"stored {embedder.config.dim}-d product vectors of embedder {embedder.name} in "
+                "OpenSearch: retrieval is hybrid (BM25 + dense)"
+            )
         if rerank_fields is not None:
             click.echo(
                 f"stored each product's model text in rerank_text "
@@ -428,6 +438,28 @@ def index_cmd(
         f"indexed {report.indexed} products, skipped {len(report.skipped)}, "
         f"failed {len(report.failed)}, into {report.destination} in {report.seconds:.1f} s"
     )
+
+
+def _opensearch_embedder(dense: bool | None, connection):
+    """The embedder whose vectors an OpenSearch index stores: the shipped one with --dense;
+    by default the shipped one where the cluster has the k-NN plugin (else BM25 alone, said)."""
+    from reranker.index.opensearch import has_knn
+
+    if dense is False:
+        return None
+    if dense is None:
+        try:
+            knn = has_knn(connection.client(), connection.url)
+        except RerankerError as exc:
+            raise click.ClickException(str(exc)) from None
+        if knn is False:
+            click.echo(
+                f"OpenSearch at {connection.url} has no k-NN plugin: indexing for BM25 alone "
+                "(install opensearch-knn for hybrid retrieval; --no-dense says so quietly)",
+                err=True,
+            )
+            return None
+    return _embedder(True, None)
 
 
 def _embedder(dense: bool, embedder_dir: Path | None):

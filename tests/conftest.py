@@ -139,6 +139,17 @@ def tiny_hf_model(tmp_path_factory, catalog_csv) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory, tiny_hf_model):
+    """The tiny BERT's encoder exported as a mean-pooling embedder (fp32, so exact)."""
+    from reranker.training.export_embedder import export_embedder
+
+    out = tmp_path_factory.mktemp("embedder") / "tiny-embedder"
+    return export_embedder(
+        tiny_hf_model, out, max_length=32, int8=False, metadata={"name": "tiny-embedder"}
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, tiny_hf_model) -> Path:
     """The tiny model exported to the runtime's format (fp32 + int8)."""
     from reranker.training.export import export_model

@@ -19,17 +19,6 @@ from reranker.index.dense import EMBEDDER_DIR, VECTORS_FILE
 
 
 @pytest.fixture(scope="session")
-def tiny_embedder(tmp_path_factory, tiny_hf_model):
-    """The tiny BERT's encoder exported as a mean-pooling embedder (fp32, so exact)."""
-    from reranker.training.export_embedder import export_embedder
-
-    out = tmp_path_factory.mktemp("embedder") / "tiny-embedder"
-    return export_embedder(
-        tiny_hf_model, out, max_length=32, int8=False, metadata={"name": "tiny-embedder"}
-    )
-
-
-@pytest.fixture(scope="session")
 def hybrid_index(tmp_path_factory, catalog_csv, tiny_embedder):
     """Every product a candidate (no similarity floor), as the tiny embedder is random."""
     out = tmp_path_factory.mktemp("hybrid") / "idx"
@@ -150,8 +139,9 @@ def test_cli_index_dense_options(tmp_path, catalog_csv, tiny_embedder, monkeypat
     assert "hybrid" not in r.output and BM25Index.load(out).dense is None
     r = runner.invoke(main, [*args, "--overwrite", "--no-dense", "--embedder", str(tiny_embedder)])
     assert r.exit_code == 2 and "--embedder needs --dense" in r.output
-    r = runner.invoke(main, [*args, "--backend", "opensearch", "--dense"])
-    assert r.exit_code == 2 and "retrieves with BM25 only" in r.output
+    # OpenSearch indexes embed with the shipped embedder, which their retriever embeds queries with
+    r = runner.invoke(main, [*args, "--backend", "opensearch", "--embedder", str(tiny_embedder)])
+    assert r.exit_code == 2 and "embeds with the embedder shipped" in r.output
 
 
 def test_shipped_embedder_is_the_default_of_reranker_index(tmp_path, catalog_csv):

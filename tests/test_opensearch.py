@@ -312,3 +312,100 @@ def test_pipeline_reranks_opensearch_candidates(options, name, catalog, tiny_mod
     response = pipeline.search("cordless drill", k=20, n=5)
     assert response.reranked and len(response.results) == 5
     assert {r.retrieval_rank for r in response.results} <= set(range(1, 21))
+
+
+def _expected_hybrid(options, name, retriever, catalog, embedder, query, floor):
+    """The embedded index's fusion (reranker.index.dense), computed here over the whole
+    catalog: OpenSearch's BM25 of every product, the embedder's cosine of every product."""
+
+    hits = options.client().search(index=name, body=retriever.query_body(query, 100))
+    bm25 = {h["_id"]: h["_score"] for h in hits["hits"]["hits"]}
+    top = max(bm25.values(), default=0.0) or 1.0
+    vectors = embedder.embed([p.text() for p in catalog.products])
+    cosine = vectors @ embedder.embed([query])[0]
+    fused = {
+        p.id: bm25.get(p.id, 0.0) / top + float(c)
+        for p, c in zip(catalog.products, cosine, strict=True)
+        if p.id in bm25 or c >= floor
+    }
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@pytest.mark.parametrize("query", ["cordless drill", "toilet seat biscuit", "qqq zzzz"])
+def test_hybrid_index_fuses_bm25_and_cosine_as_the_embedded_index(
+    options, name, catalog, tiny_embedder, query
+):
+    from reranker.embedder import TextEmbedder
+
+    embedder = TextEmbedder(tiny_embedder)
+    report = index_catalog_opensearch(catalog, options, name, embedder=embedder, min_similarity=0.2)
+    client = options.client()
+    mapping = client.indices.get_mapping(index=name)[report.physical_index]["mappings"]
+    assert mapping["properties"]["embedding"]["type"] == "knn_vector"
+    assert mapping["properties"]["embedding"]["dimension"] == embedder.config.dim
+    hit = client.search(index=name, body={"size": 1})["hits"]["hits"][0]
+    assert "embedding" not in hit["_source"]  # searched, not stored twice
+    retriever = OpenSearchRetriever(options, name, embedder_dir=tiny_embedder)
+    assert retriever.dense["embedder_key"] == embedder.key()
+    assert retriever.dense["min_similarity"] == 0.2 and retriever.dense["weight"] == 1.0
+    expected = _expected_hybrid(options, name, retriever, catalog, embedder, query, 0.2)
+    got = retriever.retrieve(query, 30)  # every product is in one of the two top 30s
+    assert [c.product.id for c in got] == [pid for pid, _ in expected]
+    assert [c.score for c in got] == pytest.approx([s for _, s in expected], abs=1e-4)
+    assert [c.rank for c in got] == list(range(1, len(got) + 1))
+    top3 = retriever.retrieve(query, 3)
+    assert len(top3) == min(3, len(expected))
+    assert [c.score for c in top3] == sorted((c.score for c in top3), reverse=True)
+
+
+def test_hybrid_index_needs_the_embedder_it_was_built_with(options, name, catalog, tiny_embedder):
+    from reranker.embedder import TextEmbedder
+
+    index_catalog_opensearch(catalog, options, name, embedder=TextEmbedder(tiny_embedder))
+    with pytest.raises(RetrieverUnavailableError, match="re-index it"):
+        OpenSearchRetriever(options, name).retrieve("drill", 5)  # the shipped embedder: another
+
+
+def test_cli_indexes_hybrid_where_the_cluster_has_knn(options, name, catalog_csv, monkeypatch):
+    args = ["index", catalog_csv, "--backend", "opensearch", "--url", URL, "--index", name, "-q"]
+    r = cli(*args, "--no-tokens")
+    assert r.exit_code == 0, r.output
+    assert "retrieval is hybrid (BM25 + dense)" in r.output
+    hits = OpenSearchRetriever(options, name).retrieve("toliet seat", 3)  # the shipped embedder
+    assert hits and all("Toilet" in c.product.title for c in hits[:2])
+    r = cli(*args, "--no-tokens", "--overwrite", "--no-dense")
+    assert r.exit_code == 0, r.output
+    assert "hybrid" not in r.output
+    assert OpenSearchRetriever(options, name).dense is None
+    r = cli(*args, "--overwrite", "--embedder", "somewhere")
+    assert r.exit_code == 2 and "embeds with the embedder shipped" in r.output
+    # a cluster without the k-NN plugin: BM25 alone by default (said), an error with --dense
+    monkeypatch.setattr("reranker.index.opensearch.has_knn", lambda client, url: False)
+    r = cli(*args, "--no-tokens", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert "has no k-NN plugin: indexing for BM25 alone" in r.output
+    assert OpenSearchRetriever(options, name).dense is None
+    r = cli(*args, "--no-tokens", "--overwrite", "--dense")
+    assert r.exit_code != 0 and "no k-NN plugin" in r.output
+
+
+def test_a_retriever_follows_its_alias_to_a_rebuilt_index(
+    options, name, catalog, tiny_embedder, monkeypatch
+):
+    from reranker.embedder import TextEmbedder
+    from reranker.index import opensearch
+
+    index_catalog_opensearch(catalog, options, name, embedder=TextEmbedder(tiny_embedder))
+    retriever = OpenSearchRetriever(options, name, embedder_dir=tiny_embedder)
+    assert retriever.dense is not None and retriever.retrieve("drill", 5)
+    index_catalog_opensearch(catalog, options, name, overwrite=True)  # BM25 alone now
+    assert retriever.dense is not None  # read again only after META_TTL_S
+    monkeypatch.setattr(opensearch, "META_TTL_S", 0.0)
+    assert retriever.dense is None
+    hits = retriever.retrieve("drill", 5)
+    assert hits and [c.score for c in hits] == [
+        h["_score"]
+        for h in options.client().search(index=name, body=retriever.query_body("drill", 5))["hits"][
+            "hits"
+        ]
+    ]

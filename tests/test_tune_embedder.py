@@ -8,7 +8,13 @@ import json
 import numpy as np
 
 from reranker.embedder import TextEmbedder
-from reranker.training.tune_embedder import batches, positive_pairs, tune
+from reranker.training.tune_embedder import (
+    batch_negatives,
+    batches,
+    hard_negatives,
+    positive_pairs,
+    tune,
+)
 
 
 def test_batches_never_repeat_a_query_or_a_product():
@@ -19,6 +25,27 @@ def test_batches_never_repeat_a_query_or_a_product():
         assert len(b) <= 4
         assert len({q for q, _ in b}) == len(b) and len({p for _, p in b}) == len(b)
     assert batches(pairs, 4, seed=1) == plan  # seeded
+
+
+def test_hard_negatives_are_the_querys_own_low_judged_products(tmp_path, write_judged):
+    products = {p: p for p in ("p1", "p2", "p3", "p4", "p5")}
+    rows = [
+        ("drill", "p1", 3.0),
+        ("drill", "p4", 1.33),
+        ("drill", "p5", 2.0),  # above the threshold: neither positive nor negative
+        ("hose", "p2", 3.0),
+        ("hose", "p1", 1.0),  # another query's positive
+        ("held", "p3", 1.0),  # an excluded query
+        ("seat", "p9", 1.0),  # not in the catalog
+    ]
+    judged = write_judged(tmp_path / "train.parquet", rows)
+    negatives = hard_negatives(judged, products, max_relevance=1.67, exclude={"held"})
+    assert negatives == {"drill": ["p4"], "hose": ["p1"]}
+    rng = np.random.default_rng(0)
+    # "hose"'s negative p1 is "drill"'s positive in the batch: never drawn as a negative there
+    assert batch_negatives([("drill", "p1"), ("hose", "p2")], negatives, rng) == ["p4"]
+    assert batch_negatives([("hose", "p2")], negatives, rng) == ["p1"]
+    assert batch_negatives([("seat", "p3")], negatives, rng) == []
 
 
 def test_tune_then_export(tmp_path, tiny_hf_model, write_judged):
@@ -40,7 +67,11 @@ def test_tune_then_export(tmp_path, tiny_hf_model, write_judged):
     summary = tune(tiny_hf_model, pairs, products, out, batch_size=3, epochs=2, lr=1e-3,
                    max_length=16, progress=False, about={"base_model": "tiny"})  # fmt: skip
     assert summary["steps"] == 2 and summary["pairs"] == 3 and summary["queries"] == 3
+    assert "hard_negatives" not in summary
     assert json.loads((out / "tuning.json").read_text())["steps"] == 2
+    hard = tune(tiny_hf_model, pairs, products, tmp_path / "hard", batch_size=3, epochs=2,
+                lr=1e-3, max_length=16, progress=False, negatives={"seat": ["p4"]})  # fmt: skip
+    assert hard["hard_negatives"] == 2  # one per step: "seat" is in both batches
     base = export_embedder(tiny_hf_model, tmp_path / "e0", max_length=16, int8=False)
     tuned = export_embedder(out, tmp_path / "e1", max_length=16, int8=False)
     meta = json.loads((tuned / "embedder.json").read_text())["metadata"]

@@ -52,6 +52,43 @@ def positive_pairs(
     ]
 
 
+def hard_negatives(
+    judged: str | Path,
+    products: dict[str, str],
+    *,
+    max_relevance: float,
+    exclude: set[str] = frozenset(),
+) -> dict[str, list[str]]:
+    """Per query, the judged products at or below ``max_relevance`` that the catalog has (the
+    raters' "not what I asked for": harder negatives than other queries' products), queries in
+    ``exclude`` left out; each list in file order."""
+    from reranker.training.data import read_pairs
+
+    t = read_pairs(judged, ("query", "product_id", "relevance")).to_pydict()
+    out: dict[str, list[str]] = {}
+    for q, p, r in zip(t["query"], t["product_id"], t["relevance"], strict=True):
+        if r <= max_relevance and q not in exclude and str(p) in products:
+            out.setdefault(q, []).append(str(p))
+    return out
+
+
+def batch_negatives(
+    batch: list[tuple[str, str]], negatives: dict[str, list[str]], rng: np.random.Generator
+) -> list[str]:
+    """One hard negative for each query of ``batch`` that has any (drawn with ``rng``), never a
+    product that is a positive of the batch or already drawn: every query's negatives are every
+    other query's positives plus all of these."""
+    taken = {p for _, p in batch}
+    out = []
+    for q, _ in batch:
+        choices = [p for p in negatives.get(q, ()) if p not in taken]
+        if choices:
+            pick = choices[int(rng.integers(len(choices)))]
+            taken.add(pick)
+            out.append(pick)
+    return out
+
+
 def batches(pairs: list[tuple[str, str]], size: int, seed: int) -> list[list[tuple[str, str]]]:
     """The pairs shuffled into batches of ``size`` in which no query and no product repeats
     (a pair that would repeat one waits for a later batch; the last batch may be smaller)."""
@@ -91,10 +128,12 @@ def tune(
     max_steps: int | None = None,
     progress: bool = True,
     about: dict | None = None,
+    negatives: dict[str, list[str]] | None = None,
 ) -> dict:
     """Train and write the tuned sentence-transformers folder to ``output``; returns the summary
     it writes in :data:`TUNING_FILE` (``about``: what to record of the data, e.g. its files, and
-    ``base_model``, the base's name)."""
+    ``base_model``, the base's name; ``negatives``: per query, judged products it should not
+    find, each step adding one per query to the batch's candidates, :func:`batch_negatives`)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
@@ -125,11 +164,15 @@ def tune(
         )
         return pooled(enc["input_ids"], enc["attention_mask"])
 
+    rng = np.random.default_rng(seed)
     losses = []
+    hard = 0
     bar = tqdm(plan, desc="tuning embedder", unit="step", disable=not progress)
     for batch in bar:
         q = embed([b[0] for b in batch])
-        p = embed([products[b[1]] for b in batch])
+        extra = batch_negatives(batch, negatives, rng) if negatives else []
+        hard += len(extra)
+        p = embed([products[b[1]] for b in batch] + [products[n] for n in extra])
         loss = torch.nn.functional.cross_entropy(scale * q @ p.T, torch.arange(len(batch)))
         opt.zero_grad()
         loss.backward()
@@ -153,6 +196,7 @@ def tune(
         "lr": lr,
         "scale": scale,
         "seed": seed,
+        **({"hard_negatives": hard} if negatives else {}),
         "loss_first_50": round(float(np.mean(losses[:50])), 4) if losses else None,
         "loss_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
     }
@@ -178,6 +222,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--hard-negatives-below", type=float, metavar="RELEVANCE",
+                    help="Also train each query away from one of its own judged products at or "
+                    "below this relevance (e.g. 1.67), when it has one.")  # fmt: skip
     args = ap.parse_args()
 
     catalog = read_catalog(args.catalog)
@@ -193,12 +240,20 @@ def main() -> None:
         )
     print(f"{len(pairs)} positive pairs, {len({q for q, _ in pairs})} queries "
           f"({len(exclude)} queries excluded)")  # fmt: skip
+    negatives = None
+    if args.hard_negatives_below is not None:
+        negatives = hard_negatives(
+            args.judged, products, max_relevance=args.hard_negatives_below, exclude=exclude
+        )
+        print(f"hard negatives: {sum(map(len, negatives.values()))} judged products of "
+              f"{len(negatives)} queries at relevance <= {args.hard_negatives_below}")  # fmt: skip
     about = {
         "base_model": args.base or DEFAULT_BASE,
         "judged": Path(args.judged).name,
         "excluded_queries_of": [Path(f).name for f in args.exclude_queries],
         "excluded_queries": len(exclude),
         "min_relevance": args.min_relevance,
+        **({"hard_negatives_below": args.hard_negatives_below} if negatives is not None else {}),
     }
     summary = tune(
         args.base or default_student(),  # all-MiniLM-L6-v2
@@ -211,6 +266,7 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         max_steps=args.max_steps,
+        negatives=negatives,
     )
     print(json.dumps(summary, indent=1))
 
