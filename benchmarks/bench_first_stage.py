@@ -50,7 +50,7 @@ def main() -> None:
             path, _, mode = where.partition(":")
             index = BM25Index.load(path)
             index.correct_spelling = mode != "exact"
-            index.prepare_spelling()
+            index.prepare()
         for q in queries[:20]:  # warm the embedder session and the caches
             index.retrieve(q, args.k)
         indexes[name] = index

@@ -336,6 +336,13 @@ class BM25Index:
         if self.correct_spelling:
             self._spelling().prepare()
 
+    def prepare(self) -> None:
+        """What a server wants ready before its first query: the spelling table and, in a
+        hybrid index, the embedder's session (opened and run once)."""
+        self.prepare_spelling()
+        if self.dense is not None:
+            self.dense.embedder.embed(["prepare"])
+
     def _spelling(self) -> TermCorrector:
         """The corrector over the catalog's words before stemming (a misspelling is a spelling
         of the word, not of its stem: "stainles" is one edit from "stainless", whose stem is

@@ -340,6 +340,13 @@ class OpenSearchRetriever:
             self._embedder = embedder
         return self._embedder
 
+    def prepare(self) -> None:
+        """What a server wants ready before its first query: the index's mapping read and, for
+        a hybrid index, the embedder's session opened and run once (and checked against the
+        index's record). Raises :class:`RetrieverUnavailableError` as a search would."""
+        if self.dense is not None:
+            self.embedder.embed(["prepare"])
+
     def _text(self, query: str) -> str:
         text = " ".join(query[:MAX_QUERY_CHARS].split()[:MAX_QUERY_WORDS])
         if not text:

@@ -64,6 +64,10 @@ def test_index_stores_vectors_and_a_copy_of_the_embedder(hybrid_index, tiny_embe
     products = index.products_at(np.arange(len(index)))
     expected = TextEmbedder(tiny_embedder).embed([p.text() for p in products])
     np.testing.assert_allclose(index.dense.vectors, expected, atol=2e-3)  # stored as float16
+    # the embedder's session opens at the first query, or when a server prepares the index
+    assert index.dense._embedder is None
+    index.prepare()
+    assert index.dense._embedder is not None
 
 
 def test_hybrid_retrieval_is_the_fused_score_with_ties_by_id(hybrid_index):

@@ -364,6 +364,11 @@ def test_hybrid_index_needs_the_embedder_it_was_built_with(options, name, catalo
     index_catalog_opensearch(catalog, options, name, embedder=TextEmbedder(tiny_embedder))
     with pytest.raises(RetrieverUnavailableError, match="re-index it"):
         OpenSearchRetriever(options, name).retrieve("drill", 5)  # the shipped embedder: another
+    with pytest.raises(RetrieverUnavailableError, match="re-index it"):
+        OpenSearchRetriever(options, name).prepare()  # a server finds out at its start
+    ready = OpenSearchRetriever(options, name, embedder_dir=tiny_embedder)
+    ready.prepare()
+    assert ready._embedder is not None
 
 
 def test_cli_indexes_hybrid_where_the_cluster_has_knn(options, name, catalog_csv, monkeypatch):

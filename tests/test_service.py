@@ -165,6 +165,9 @@ def test_search_endpoint_with_comparison(model, built_index):
 
 def test_search_without_index_and_with_a_broken_first_stage(model):
     class Down:
+        def prepare(self):  # at start: the service starts anyway, the first search tells
+            raise RetrieverUnavailableError("OpenSearch at http://x:9200 is unreachable")
+
         def retrieve(self, query, k):
             raise RetrieverUnavailableError("OpenSearch at http://x:9200 is unreachable")
 

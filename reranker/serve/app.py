@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -107,8 +108,11 @@ def create_app(
         if model is not None
         else None
     )
-    if hasattr(retriever, "prepare_spelling"):
-        retriever.prepare_spelling()  # not at the first misspelt query
+    if hasattr(retriever, "prepare"):  # not at the first query: spelling table, embedder
+        try:
+            retriever.prepare()
+        except RerankerError as exc:  # e.g. the cluster not up yet: the first search tells
+            logging.getLogger(__name__).warning("first stage not prepared: %s", exc)
     tokens = None  # product token ids (or late states) stored with the index for this model
     if model is not None and hasattr(retriever, "tokens_for") and hasattr(model, "token_key"):
         tokens = retriever.tokens_for(model.token_key)
