@@ -36,6 +36,16 @@ FUSION = "bm25 / max(bm25) + weight * cosine"
 NO_SPINNING = {"session.intra_op.allow_spinning": "0"}
 
 
+def fuse(bm25: np.ndarray, cosine: np.ndarray, weight: float, min_similarity: float) -> np.ndarray:
+    """The hybrid score (:data:`FUSION`) of products with these BM25 scores (the best product's
+    among them) and cosine similarities; ``-inf`` for a product that is not a candidate (no
+    query token, cosine below ``min_similarity``). The embedded index's and OpenSearch's."""
+    top = float(bm25.max()) if len(bm25) else 0.0
+    lexical = bm25 / top if top > 0 else np.zeros_like(bm25)
+    fused = lexical + weight * cosine
+    return np.where((bm25 > 0) | (cosine >= min_similarity), fused, -np.inf)
+
+
 class DenseVectors:
     """Every product's unit vector (row ``i`` = the index's product ``i``) and the embedder that
     made them."""
@@ -92,11 +102,7 @@ class DenseVectors:
     def fuse(self, bm25: np.ndarray, query: str) -> np.ndarray:
         """Hybrid score of every product (see the module docstring); ``-inf`` for a product
         that is not a candidate (no query token, cosine below ``min_similarity``)."""
-        top = float(bm25.max()) if len(bm25) else 0.0
-        lexical = bm25 / top if top > 0 else np.zeros_like(bm25)
-        cosine = self.similarities(query)
-        fused = lexical + self.weight * cosine
-        return np.where((bm25 > 0) | (cosine >= self.min_similarity), fused, -np.inf)
+        return fuse(bm25, self.similarities(query), self.weight, self.min_similarity)
 
     # ---------------------------------------------------------------- persistence
     def save(self, gen: Path) -> dict:

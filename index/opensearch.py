@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from reranker._extras import require
@@ -34,7 +35,13 @@ from reranker.errors import (
 )
 from reranker.index.base import Candidate
 from reranker.index.bm25 import DEFAULT_B, DEFAULT_K1
-from reranker.index.dense import DEFAULT_MIN_SIMILARITY, DEFAULT_WEIGHT, FUSION, NO_SPINNING
+from reranker.index.dense import (
+    DEFAULT_MIN_SIMILARITY,
+    DEFAULT_WEIGHT,
+    FUSION,
+    NO_SPINNING,
+    fuse,
+)
 
 require("opensearchpy", "opensearch")
 
@@ -219,6 +226,7 @@ def mapping(
     if rerank_fields is not None:
         meta["rerank_fields"] = list(rerank_fields)
         properties[RERANK_TEXT_FIELD] = {"type": "text", "index": False}
+    mappings: dict = {"dynamic": "strict", "_meta": {"kd_reranker": meta}, "properties": properties}
     if dense is not None:
         settings["knn"] = True
         meta["dense"] = dense
@@ -227,8 +235,7 @@ def mapping(
             "dimension": int(dense["dim"]),
             "method": {"name": "hnsw", "space_type": "cosinesimil", "engine": "lucene"},
         }
-    mappings: dict = {"dynamic": "strict", "_meta": {"kd_reranker": meta}, "properties": properties}
-    if dense is not None:  # searched from the vector index and doc values, never read back
+        # searched from the vector index and doc values, never read back
         mappings["_source"] = {"excludes": [VECTOR_FIELD]}
     return {"settings": {"index": settings}, "mappings": mappings}
 
@@ -436,18 +443,20 @@ class OpenSearchRetriever:
         )
         bm25.update((h["_id"], float(h["_score"])) for h in (more or {}).get("hits", ()))
         cosine = {h["_id"]: float(h["_score"]) - 1.0 for h in cosines["hits"]}
-        top = max(bm25.values(), default=0.0) or 1.0
-        weight = float(dense.get("weight", DEFAULT_WEIGHT))
-        floor = float(dense.get("min_similarity", DEFAULT_MIN_SIMILARITY))
-        fused = [
-            (bm25.get(i, 0.0) / top + weight * cosine[i], i)
-            for i in ids
-            if i in cosine and (i in bm25 or cosine[i] >= floor)
-        ]
-        fused.sort(key=lambda t: (-t[0], products[t[1]]["product_id"]))
+        ids = [i for i in ids if i in cosine]  # (a document without a vector has none)
+        scores = fuse(
+            np.array([bm25.get(i, 0.0) for i in ids]),
+            np.array([cosine[i] for i in ids]),
+            float(dense.get("weight", DEFAULT_WEIGHT)),
+            float(dense.get("min_similarity", DEFAULT_MIN_SIMILARITY)),
+        )
+        ranked = sorted(
+            ((float(s), i) for s, i in zip(scores, ids, strict=True) if np.isfinite(s)),
+            key=lambda t: (-t[0], products[t[1]]["product_id"]),  # ties by product id
+        )
         return [
             Candidate(_product(products[i]), score, rank)
-            for rank, (score, i) in enumerate(fused[:k], start=1)
+            for rank, (score, i) in enumerate(ranked[:k], start=1)
         ]
 
     def _both(self, first: dict, second: dict | None) -> tuple[dict, dict | None]:
@@ -461,9 +470,10 @@ class OpenSearchRetriever:
         pending = self._pool.submit(self._search, second)
         try:
             a = self._search(first)["hits"]
-        finally:
-            b = pending.result()["hits"]
-        return a, b
+        except BaseException:
+            pending.cancel()  # the first one's error is the one reported
+            raise
+        return a, pending.result()["hits"]
 
 
 def _product(src: dict) -> Product:
