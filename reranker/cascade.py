@@ -24,6 +24,10 @@ Under a latency budget (``--budget-ms``, the service's deadline) the second stag
 the first keeps every candidate while it fits, the second rescores as many of its best as the
 rest of the budget allows (:meth:`CascadeLatency.split`).
 
+``first_variant`` / ``second_variant`` name a stage's variant when the caller names none (the
+shipped cascades: ``"first_variant": "int8"``, the late student's dynamic-int8 graph, where
+the ``late`` profile alone computes its query in float32, ``int8-float-query``).
+
 ``reranker cascade FIRST SECOND --second-k 12|all [--first-weight 0.25] --output DIR`` writes one
 (12: the shipped default's count, the largest within its 30 ms budget on a slow 2-core CPU).
 """
@@ -62,6 +66,11 @@ class CascadeConfig:
     #: Platt scaling of the rescored products' score (``scale``, ``bias``); empty: the
     #: second stage's own probability
     calibration: dict = field(default_factory=dict)
+    #: each stage's variant when the caller names none (``None``: the stage's own default);
+    #: e.g. ``int8`` for a late first stage, whose own default (``int8-float-query``) costs
+    #: ~1–2 ms more per query
+    first_variant: str | None = None
+    second_variant: str | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     metadata: dict = field(default_factory=dict)
@@ -109,9 +118,20 @@ def write_cascade(
     second_k: int | None,
     name: str | None,
     first_weight: float = 0.0,
+    first_variant: str | None = None,
 ) -> Path:
     """A cascade directory at ``output`` over two model directories (stored relative to it);
-    ``second_k`` ``None``: the second stage rescores every candidate."""
+    ``second_k`` ``None``: the second stage rescores every candidate; ``first_variant``: the
+    first stage's variant (``None``: its default, except a late student's ``int8-float-query``,
+    for which its ``int8`` graph is chosen: in a cascade the first stage only picks and weighs
+    what the second rescores, and there the float query measured no better, at ~1–2 ms more;
+    ``training/REPORT.md``, sixteenth and twentieth sessions)."""
+    from reranker.late import FLOAT_QUERY
+
+    if first_variant is None:
+        raw = _json(Path(first) / CONFIG_FILE)
+        if isinstance(raw, dict) and raw.get("default_variant") == FLOAT_QUERY:
+            first_variant = "int8" if "int8" in raw.get("files", {}) else None
     out = Path(output)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +144,7 @@ def write_cascade(
         second=rel(second),
         second_k=second_k,
         first_weight=float(first_weight),
+        first_variant=first_variant,
         metadata={"name": name or out.name},
     )
     path = out / CONFIG_FILE
@@ -172,8 +193,12 @@ class CascadeReranker:
                 raise ModelError(f"{self.model_dir}: its {which} stage {path} is not a directory")
             if (path / CONFIG_FILE).is_file() and is_cascade(_json(path / CONFIG_FILE)):
                 raise ModelError(f"{self.model_dir}: its {which} stage is itself a cascade")
+            own = getattr(self.cascade, f"{which}_variant")
             stage = open_model(
-                path, variant=_variant(path, variant), session_config=NO_SPINNING, **kwargs
+                path,
+                variant=_variant(path, variant) or own,
+                session_config=NO_SPINNING,
+                **kwargs,
             )
             stages.append(stage)
         self.first, self.second = stages

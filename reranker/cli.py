@@ -750,15 +750,28 @@ def serve_cmd(
     type=click.FloatRange(min=0),
     help="Order the rescored ones by SECOND's raw score + this times FIRST's (0: SECOND's alone).",
 )
+@click.option(
+    "--first-variant",
+    help="FIRST's variant (default: its own, except a late student's int8-float-query: its "
+    "int8 graph).",
+)
 @click.option("--name", help="The cascade's name in answers (default: the output's).")
-def cascade_cmd(first, second, second_k, first_weight, output, name) -> None:
+def cascade_cmd(first, second, second_k, first_weight, first_variant, output, name) -> None:
     """Write a two-stage model directory: FIRST (e.g. a late student) scores every candidate,
     SECOND (e.g. a full cross-encoder) rescores FIRST's best SECOND_K. It is used like any model
     directory (--model DIR); an index built for it stores FIRST's product forms. `reranker
     calibrate DIR` then fits the rescored ones' probability."""
     from reranker.cascade import write_cascade
 
-    out = write_cascade(output, first, second, second_k, name, first_weight=first_weight)
+    out = write_cascade(
+        output,
+        first,
+        second,
+        second_k,
+        name,
+        first_weight=first_weight,
+        first_variant=first_variant,
+    )
     blend = f" (+ {first_weight} x the first's score)" if first_weight else ""
     which = "every candidate" if second_k is None else f"its best {second_k}"
     click.echo(f"cascade {out}: {first} on every candidate, {second}{blend} on {which}")

@@ -46,12 +46,19 @@ class ModelConfig:
     #: probability = sigmoid(scale * raw + bias), fitted on judged pairs the model was not
     #: trained on (`reranker calibrate`); empty: the plain sigmoid of the raw score
     calibration: dict = field(default_factory=dict)
+    #: variant → its own calibration, for variants other than the one ``calibration`` was
+    #: fitted on (its ``variant``); a variant without one uses ``calibration``
+    calibrations: dict = field(default_factory=dict)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     metadata: dict = field(default_factory=dict)  # base model, training, parity figures, ...
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def calibration_of(self, variant: str) -> dict:
+        """The Platt calibration that applies to ``variant``'s raw scores (empty: none)."""
+        return self.calibrations.get(variant) or self.calibration
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelConfig:
@@ -75,10 +82,16 @@ class ModelConfig:
             raise ModelError(f"{path}: a late model needs an encoder graph for each variant")
         if cfg.default_variant not in cfg.files:
             raise ModelError(f"{path}: default_variant {cfg.default_variant!r} is not in files")
-        if cfg.calibration and not all(
-            isinstance(cfg.calibration.get(k), int | float) for k in ("scale", "bias")
-        ):
-            raise ModelError(f"{path}: calibration needs numeric 'scale' and 'bias'")
+        if not isinstance(cfg.calibrations, dict):
+            raise ModelError(f"{path}: calibrations must map variants to calibrations")
+        for where, cal in [("calibration", cfg.calibration)] + [
+            (f"calibrations[{v!r}]", c) for v, c in cfg.calibrations.items()
+        ]:
+            if cal and not (
+                isinstance(cal, dict)
+                and all(isinstance(cal.get(k), int | float) for k in ("scale", "bias"))
+            ):
+                raise ModelError(f"{path}: {where} needs numeric 'scale' and 'bias'")
         if cfg.max_length < 8:
             raise ModelError(f"{path}: max_length must be at least 8, not {cfg.max_length}")
         return cfg
@@ -306,7 +319,7 @@ class CrossEncoder:
 
     def _activate(self, raw: np.ndarray) -> np.ndarray:
         if self.config.activation == "sigmoid":
-            return sigmoid_probability(raw, self.config.calibration)
+            return sigmoid_probability(raw, self.config.calibration_of(self.variant))
         return raw.copy()
 
 

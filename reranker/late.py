@@ -10,7 +10,13 @@ A late student (trained by ``reranker distill --arch late``; the model is descri
 - the joint graph (``joint.onnx``; ``joint.int8.onnx``): the query's token ids through the same
   first layers, then the last layer at the query's ``[CLS]`` over the query's states and the
   ``k`` products' stored states, packed back to back without padding → ``k`` logits
-  (``reranker/training/latejoint.py`` builds it).
+  (``reranker/training/latejoint.py`` builds it). In ``joint.int8.onnx`` the query's encoder
+  runs in dynamic int8 (activations quantised per call); in ``joint.int8-float-query.onnx`` (the
+  variant ``int8-float-query``, the shipped ``late`` profile's default) in float32 arithmetic on
+  the same int8-stored weights, as the product encoder computes the products: ~1–2 ms more per
+  query on an AVX2 CPU, and the shipped late student's pair accuracy within 0.002 of its fp32
+  on dev and held-out queries, where dynamic int8 moved it by −0.006 and +0.015
+  (``training/REPORT.md``, sixteenth and twentieth sessions).
 
 Per query the work is the query's encoding plus one attention step per candidate, instead of a
 whole cross-encoder per candidate. Without stored states (another retriever, or texts sent to the
@@ -43,6 +49,10 @@ JOINT_INPUTS = (
     "token_pair",
     "pair_query",
 )
+#: the variant whose joint graph computes the query's encoder in float32 arithmetic on its
+#: int8-stored weights (as the product encoder computes the products), not in dynamic int8
+FLOAT_QUERY = "int8-float-query"
+FLOAT_QUERY_FILE = "joint.int8-float-query.onnx"
 
 
 class TextEncoder:

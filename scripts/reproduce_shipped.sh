@@ -57,7 +57,7 @@ step "cross-f64-a150k (the second stage): seed 13, a seeded 150,000 of the augme
 for name in late-f48 cross-f64-a150k; do
   step "$name: export, compare with the shipped graphs, read the title alone (as shipped)"
   [ -f "$OUT/$name-onnx/reranker.json" ] || reranker export "$OUT/$name" --output "$OUT/$name-onnx" --per-channel
-  if [ $name = late-f48 ]; then profile=late; graphs="encoder.w8.onnx joint.int8.onnx"; else profile=cross; graphs=model.int8.onnx; fi
+  if [ $name = late-f48 ]; then profile=late; graphs="encoder.w8.onnx joint.int8.onnx joint.int8-float-query.onnx"; else profile=cross; graphs=model.int8.onnx; fi
   for g in $graphs; do
     # the shipped dynamic-int8 graphs were requantised to 7 bits from the 8-bit export of the
     # time (python -m reranker.training.requantize, fifteenth session); an export now rounds
@@ -82,7 +82,10 @@ step "the two profiles over the reproduced students (as shipped: weight 0.25; 12
 [ -d "$OUT/accurate" ] || reranker cascade "$OUT/late" "$OUT/cross" --second-k all --first-weight 0.25 --output "$OUT/accurate"
 
 for model in late cross default accurate; do
-  for variant in int8 fp32; do
+  variants="int8 fp32"
+  # the late profile's own default: the query's encoder in float32 (twentieth session)
+  if [ $model = late ]; then variants="int8-float-query int8 fp32"; fi
+  for variant in $variants; do
     step "$model $variant: dev and the held-out slice"
     f="$RESULTS/eval_reproduced-$model-$variant"
     [ -f "$f.json" ] || into "$f.json" reranker eval --judged "$DATA/dev.parquet" --index-dir "$INDEX" \
@@ -93,6 +96,10 @@ for model in late cross default accurate; do
   step "$model: int8 against fp32 on dev, query by query"
   python -m reranker.training.paired "$OUT/per-query-$model-int8.parquet" "$OUT/per-query-$model-fp32.parquet" \
     --json "$RESULTS/int8_vs_fp32_reproduced-$model.json"
+  if [ $model = late ]; then
+    python -m reranker.training.paired "$OUT/per-query-$model-int8-float-query.parquet" \
+      "$OUT/per-query-$model-fp32.parquet" --json "$RESULTS/int8-float-query_vs_fp32_reproduced-$model.json"
+  fi
 done
 python - "$RESULTS" <<'EOF'
 import json

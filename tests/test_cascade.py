@@ -115,6 +115,32 @@ def test_index_search_and_service_use_the_first_stage_states(cascade_dir, catalo
     assert result.exit_code == 0 and "reranked by two-stage" in result.output, result.output
 
 
+def test_a_cascade_over_a_float_query_late_student_uses_its_int8_graph(
+    late_student,  # noqa: F811
+    cross_brand,
+    tmp_path,
+):
+    """The shipped late profile computes its query in float32 (int8-float-query, its
+    default); a cascade written over it picks the student's dynamic-int8 graph unless told."""
+    from reranker.late import FLOAT_QUERY
+    from reranker.training.ship import ship
+
+    late = ship(late_student[1], tmp_path / "late", "# card\n")
+    assert open_model(late).variant == FLOAT_QUERY
+    r = _cascade_cli(late, cross_brand, tmp_path / "c", "--second-k", "3")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c" / "reranker.json").read_text())["first_variant"] == "int8"
+    assert open_model(tmp_path / "c").first.variant == "int8"
+    r = _cascade_cli(late, cross_brand, tmp_path / "f", "--first-variant", FLOAT_QUERY)
+    assert r.exit_code == 0, r.output
+    assert open_model(tmp_path / "f").first.variant == FLOAT_QUERY
+    # a variant the caller names wins where the stage has it
+    assert open_model(tmp_path / "c", variant=FLOAT_QUERY).first.variant == FLOAT_QUERY
+    r = _cascade_cli(late, cross_brand, tmp_path / "x", "--first-variant", "fp16")
+    assert r.exit_code != 0 and "no 'fp16' variant" in r.output, r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_latency_of_a_cascade_counts_both_stages(cascade_dir):
     cascade = open_model(cascade_dir, variant="fp32")
     latency = cascade.calibrate_latency()

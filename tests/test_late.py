@@ -17,7 +17,13 @@ from reranker.crossencoder import CrossEncoder
 from reranker.errors import ModelError
 from reranker.index import BM25Index
 from reranker.index.build import index_catalog
-from reranker.late import LateCrossEncoder, ProductStates, TextEncoder
+from reranker.late import (
+    FLOAT_QUERY,
+    FLOAT_QUERY_FILE,
+    LateCrossEncoder,
+    ProductStates,
+    TextEncoder,
+)
 from reranker.models import open_model
 from reranker.pipeline import SearchPipeline
 from reranker.serve import ServiceSettings, create_app
@@ -86,8 +92,16 @@ def test_export_writes_encoder_and_joint_graphs_equal_to_torch(late_student):
     _, onnx_dir = late_student
     cfg = json.loads((onnx_dir / "reranker.json").read_text())
     assert cfg["architecture"] == "late"
-    assert cfg["files"] == {"fp32": "joint.onnx", "int8": "joint.int8.onnx"}
-    assert cfg["encoder_files"] == {"fp32": "encoder.onnx", "int8": "encoder.w8.onnx"}
+    assert cfg["files"] == {
+        "fp32": "joint.onnx",
+        "int8": "joint.int8.onnx",
+        FLOAT_QUERY: FLOAT_QUERY_FILE,
+    }
+    assert cfg["encoder_files"] == {
+        "fp32": "encoder.onnx",
+        "int8": "encoder.w8.onnx",
+        FLOAT_QUERY: "encoder.w8.onnx",
+    }
     assert cfg["fields"] == ["brand"] and cfg["max_length"] == 24 and cfg["max_query_tokens"] == 8
     assert cfg["metadata"]["parity"]["fp32_vs_torch_max_abs_diff"] < 1e-4
     model = open_model(onnx_dir)
@@ -108,12 +122,75 @@ def test_ship_installs_both_graphs_of_a_late_model(late_student, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "MODEL_CARD.md",
         "encoder.w8.onnx",
+        FLOAT_QUERY_FILE,
         "joint.int8.onnx",
         "reranker.json",
         "tokenizer.json",
     ]
+    # the profile computes its query in float32; the dynamic-int8 graph stays for cascades
     model = open_model(out)
-    assert model.variant == "int8" and model.score("drill", ["cordless drill"]).raw.shape == (1,)
+    assert model.variant == FLOAT_QUERY
+    assert model.score("drill", ["cordless drill"]).raw.shape == (1,)
+    assert open_model(out, variant="int8").variant == "int8"
+
+
+def test_float_query_variant_computes_the_query_as_the_products_on_the_same_weights(late_student):
+    """int8-float-query: the joint graph with its query encoder's MatMuls in float32 arithmetic
+    on the same int8 weights (nothing else changed), the same stored product states (one index
+    serves both variants), and its scores close to fp32's."""
+    import onnx
+
+    onnx_dir = late_student[1]
+    graph = onnx.load(str(onnx_dir / FLOAT_QUERY_FILE)).graph
+    query_ops = {n.op_type for n in graph.node if n.name.startswith("query_encoder/")}
+    assert "MatMulInteger" not in query_ops and "DequantizeLinear" in query_ops
+    # the [CLS] layer keeps its dynamic int8 and its very weights
+    int8_weights = integer_weights(onnx_dir / "joint.int8.onnx")
+    kept = integer_weights(onnx_dir / FLOAT_QUERY_FILE)
+    assert kept and set(kept) < set(int8_weights)
+    for name, w in kept.items():
+        assert np.array_equal(w, int8_weights[name])
+    fq = open_model(onnx_dir, variant=FLOAT_QUERY)
+    int8 = open_model(onnx_dir, variant="int8")
+    assert fq.token_key == int8.token_key
+    states = int8.product_inputs(["cordless drill kit", "garden hose 50 ft"])
+    assert np.isfinite(fq.score_ids(fq.query_ids("cordless drill"), states).raw).all()
+    # the query's states: within the 7-bit weights' rounding of fp32's (on the shipped student
+    # the float query is the closer to fp32 in ranking: training/REPORT.md, twentieth session;
+    # on this tiny random one the weights' rounding dominates both graphs' error)
+    ids = np.asarray([fq.query_ids("cordless drill 20 volt")], dtype=np.int64)
+    got = {
+        name: _query_states(onnx_dir / name, ids)
+        for name in ("joint.onnx", "joint.int8.onnx", FLOAT_QUERY_FILE)
+    }
+    ref = got["joint.onnx"]
+    assert not np.array_equal(got[FLOAT_QUERY_FILE], got["joint.int8.onnx"])
+    assert np.abs(got[FLOAT_QUERY_FILE] - ref).mean() < 0.1 * np.abs(ref).mean()
+
+
+def _query_states(path, ids: np.ndarray) -> np.ndarray:
+    """A joint graph's query encoder output (``query_encoder/states``) for ``ids``."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    model.graph.output.append(
+        helper.make_tensor_value_info("query_encoder/states", TensorProto.FLOAT, None)
+    )
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    hidden = next(i.shape[1] for i in session.get_inputs() if i.name == "product_states")
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "product_states": np.full((1, hidden), 128, dtype=np.uint8),
+        "product_scales": np.ones((1, 1), dtype=np.float32),
+        "token_pair": np.zeros(1, dtype=np.int64),
+        "pair_query": np.zeros(1, dtype=np.int64),
+    }
+    return session.run(["query_encoder/states"], feeds)[0]
 
 
 def test_plain_cross_encoder_refuses_a_late_model_directory(late_student):

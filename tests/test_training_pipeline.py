@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from reranker.cli import main
-from reranker.errors import DataError, RerankerError
+from reranker.errors import DataError, ModelError, RerankerError
 from reranker.index import BM25Index
 from reranker.training.augment import attribute_query, augment, synthetic_query
 from reranker.training.label import label_pairs
@@ -454,6 +454,32 @@ def test_calibrate_fits_the_probability_and_keeps_the_ranking(model_copy, splits
     assert after.raw == pytest.approx(before.raw)  # rankings do not change
     z = cfg["scale"] * after.raw.astype(np.float64) + cfg["bias"]
     assert after.probability == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-5)
+
+
+def test_each_variant_keeps_its_own_calibration(model_copy, splits, catalog_csv):
+    """A calibration fitted on a variant other than the default is kept beside the default's
+    (``calibrations``); each variant's probability uses its own."""
+    from reranker import CrossEncoder
+
+    train, _ = splits
+    args = ["--judged", train, "--catalog", catalog_csv]
+    assert json.loads((model_copy / "reranker.json").read_text())["default_variant"] == "int8"
+    cli("calibrate", model_copy, *args, "--variant", "fp32")  # the first: the model's only one
+    cli("calibrate", model_copy, *args)  # the default's moves the fp32 one aside
+    cfg = json.loads((model_copy / "reranker.json").read_text())
+    assert cfg["calibration"]["variant"] == "int8"
+    assert set(cfg["calibrations"]) == {"fp32"}
+    cli("calibrate", model_copy, *args, "--variant", "fp32")  # fitted again: replaced there
+    cfg = json.loads((model_copy / "reranker.json").read_text())
+    assert cfg["calibration"]["variant"] == "int8" and set(cfg["calibrations"]) == {"fp32"}
+    for variant, cal in (("int8", cfg["calibration"]), ("fp32", cfg["calibrations"]["fp32"])):
+        got = CrossEncoder(model_copy, variant=variant).score("cordless drill", ["a drill"])
+        z = cal["scale"] * got.raw.astype(np.float64) + cal["bias"]
+        assert got.probability == pytest.approx(1 / (1 + np.exp(-z)), rel=1e-5)
+    path = model_copy / "reranker.json"
+    path.write_text(json.dumps(cfg | {"calibrations": {"fp32": {"scale": 1.0}}}))
+    with pytest.raises(ModelError, match=r"calibrations\['fp32'\] needs numeric"):
+        CrossEncoder(model_copy)
 
 
 def test_calibrate_leaves_out_the_training_pairs(model_copy, splits, catalog_csv, tmp_path):

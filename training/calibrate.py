@@ -2,7 +2,8 @@
 
 ``probability = sigmoid(scale * raw + bias)``, with ``scale`` and ``bias`` fitted by binary
 cross-entropy against the soft targets ``(relevance - 1) / 2`` of judged pairs the model was not
-trained on (never dev), and stored in the model's ``reranker.json`` (``calibration``). The raw
+trained on (never dev), and stored in the model's ``reranker.json`` (``calibration``; one fitted
+on a variant other than the default, under ``calibrations``, by variant). The raw
 score and every ranking stay as they were; only the probability column changes, so that a
 threshold on it means the same for every query. Reported with the expected calibration error
 (ECE: 10 equal-width bins of the probability, the gap between its mean and the mean soft target
@@ -181,11 +182,34 @@ def calibrate(
     }
     path = model_dir / CONFIG_FILE
     config = json.loads(path.read_text())
-    config["calibration"] = calibration
+    store_calibration(config, calibration, cascade=hasattr(model, "second_k"))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return calibration
+
+
+def store_calibration(config: dict, calibration: dict, cascade: bool = False) -> None:
+    """Put ``calibration`` in a model's config: as ``calibration`` when fitted on its default
+    variant (a calibration it held for another variant moves to ``calibrations``) or when it
+    has none yet (it then applies to every variant), else in ``calibrations`` under its
+    variant. A cascade has one (its blend's)."""
+    variant = calibration.get("variant")
+    old = config.get("calibration") or {}
+    if (
+        cascade
+        or variant is None
+        or variant == config.get("default_variant")
+        or old.get("variant", variant) == variant
+    ):
+        if not cascade and old.get("variant") not in (None, variant):
+            config.setdefault("calibrations", {}).setdefault(old["variant"], old)
+        config["calibration"] = calibration
+        config.get("calibrations", {}).pop(variant, None)
+        if "calibrations" in config and not config["calibrations"]:
+            del config["calibrations"]
+    else:
+        config.setdefault("calibrations", {})[variant] = calibration
 
 
 def plot_reliability(curves: dict[str, list[dict]], output: str | Path, title: str) -> Path:

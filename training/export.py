@@ -162,8 +162,11 @@ def _write_parity(tmp: Path, config: ModelConfig, runtime, diffs, int8: bool, gr
     ``groups``, the int8 variant's ranking against ``runtime`` (the fp32 one)."""
     parity = {"fp32_vs_torch_max_abs_diff": float(np.max(diffs))}
     if int8 and groups:
-        int8_model = type(runtime)(tmp, variant="int8")
-        parity["int8_vs_fp32"] = ranking_agreement(runtime, int8_model, groups)
+        for variant in config.files:
+            if variant != "fp32":
+                other = type(runtime)(tmp, variant=variant)
+                key = "int8_vs_fp32" if variant == "int8" else f"{variant}_vs_fp32"
+                parity[key] = ranking_agreement(runtime, other, groups)
     meta = dict(config.metadata, parity=parity)
     config = ModelConfig(**{**config.__dict__, "metadata": meta})
     (tmp / CONFIG_FILE).write_text(config.to_json())
@@ -261,9 +264,10 @@ def export_late(
     encoder in it (``joint.onnx``, ``joint.int8.onnx``)."""
     import onnx
 
-    from reranker.late import LateCrossEncoder, dequantize_states
+    from reranker.late import FLOAT_QUERY, FLOAT_QUERY_FILE, LateCrossEncoder, dequantize_states
     from reranker.training.latebert import LATE_FILE, EncoderGraph, LateBert
     from reranker.training.latejoint import DYNAMIC_INT8_NODES, build_joint, with_query_encoder
+    from reranker.training.requantize import requantize
 
     settings = json.loads((Path(model_path) / LATE_FILE).read_text())
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
@@ -317,11 +321,16 @@ def export_late(
                 ),
                 str(tmp / "joint.int8.onnx"),
             )
+            # the same graph with the query's encoder in float32 arithmetic on its int8 weights
+            # (no activation quantised there: the query computed as the products are)
+            requantize(tmp / "joint.int8.onnx", tmp / FLOAT_QUERY_FILE, "query_encoder/")
             for name in ("joint.int8.base.onnx", "joint.int8.part.onnx", "encoder.int8.onnx"):
                 (tmp / name).unlink()
             _weight_only_int8(tmp / "encoder.onnx", tmp / "encoder.w8.onnx")
             files["int8"] = "joint.int8.onnx"
             encoders["int8"] = "encoder.w8.onnx"
+            files[FLOAT_QUERY] = FLOAT_QUERY_FILE
+            encoders[FLOAT_QUERY] = "encoder.w8.onnx"
         config = _write_config(
             tmp,
             tokenizer,

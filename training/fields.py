@@ -63,10 +63,11 @@ def set_fields(model_dir: str | Path, fields: tuple[str, ...]) -> tuple[dict, bo
     meta = cfg.setdefault("metadata", {})
     meta.setdefault("trained_fields", list(cfg.get("fields", [])))
     cfg["fields"] = list(fields)
-    dropped = bool(cfg.get("calibration"))
-    if dropped:
+    dropped = bool(cfg.get("calibration") or cfg.get("calibrations"))
+    if cfg.get("calibration"):
         meta["dropped_calibration"] = cfg["calibration"]
         cfg["calibration"] = {}
+    cfg.pop("calibrations", None)  # the other variants' too: fitted on the old text
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
     ModelConfig.read(model_dir)
     return cfg, dropped
