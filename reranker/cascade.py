@@ -68,7 +68,7 @@ class CascadeConfig:
     calibration: dict = field(default_factory=dict)
     #: each stage's variant when the caller names none (``None``: the stage's own default);
     #: e.g. ``int8`` for a late first stage, whose own default (``int8-float-query``) costs
-    #: ~1–2 ms more per query
+    #: 1.6–3.0 ms more per query on an AVX2 CPU
     first_variant: str | None = None
     second_variant: str | None = None
     format: str = FORMAT
@@ -124,8 +124,8 @@ def write_cascade(
     ``second_k`` ``None``: the second stage rescores every candidate; ``first_variant``: the
     first stage's variant (``None``: its default, except a late student's ``int8-float-query``,
     for which its ``int8`` graph is chosen: in a cascade the first stage only picks and weighs
-    what the second rescores, and there the float query measured no better, at ~1–2 ms more;
-    ``training/REPORT.md``, sixteenth and twentieth sessions)."""
+    what the second rescores, and there the float query measured no better, at 1.6–3.0 ms more
+    on an AVX2 CPU; ``training/REPORT.md``, sixteenth and twentieth sessions)."""
     from reranker.late import FLOAT_QUERY
 
     if first_variant is None:

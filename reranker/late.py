@@ -13,8 +13,8 @@ A late student (trained by ``reranker distill --arch late``; the model is descri
   (``reranker/training/latejoint.py`` builds it). In ``joint.int8.onnx`` the query's encoder
   runs in dynamic int8 (activations quantised per call); in ``joint.int8-float-query.onnx`` (the
   variant ``int8-float-query``, the shipped ``late`` profile's default) in float32 arithmetic on
-  the same int8-stored weights, as the product encoder computes the products: ~1–2 ms more per
-  query on an AVX2 CPU, and the shipped late student's pair accuracy within 0.002 of its fp32
+  the same int8-stored weights, as the product encoder computes the products: 1.6–3.0 ms more
+  per query on an AVX2 CPU, and the shipped late student's pair accuracy within 0.002 of its fp32
   on dev and held-out queries, where dynamic int8 moved it by −0.006 and +0.015
   (``training/REPORT.md``, sixteenth and twentieth sessions).
 

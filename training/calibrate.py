@@ -196,20 +196,16 @@ def store_calibration(config: dict, calibration: dict, cascade: bool = False) ->
     variant. A cascade has one (its blend's)."""
     variant = calibration.get("variant")
     old = config.get("calibration") or {}
-    if (
-        cascade
-        or variant is None
-        or variant == config.get("default_variant")
-        or old.get("variant", variant) == variant
-    ):
-        if not cascade and old.get("variant") not in (None, variant):
-            config.setdefault("calibrations", {}).setdefault(old["variant"], old)
-        config["calibration"] = calibration
-        config.get("calibrations", {}).pop(variant, None)
-        if "calibrations" in config and not config["calibrations"]:
-            del config["calibrations"]
-    else:
-        config.setdefault("calibrations", {})[variant] = calibration
+    old_variant = None if cascade else old.get("variant")
+    if old_variant not in (None, variant) and variant != config.get("default_variant"):
+        config.setdefault("calibrations", {})[variant] = calibration  # beside the default's
+        return
+    if old_variant not in (None, variant):  # the default's replaces another variant's
+        config.setdefault("calibrations", {}).setdefault(old_variant, old)
+    config["calibration"] = calibration
+    config.get("calibrations", {}).pop(variant, None)
+    if "calibrations" in config and not config["calibrations"]:
+        del config["calibrations"]
 
 
 def plot_reliability(curves: dict[str, list[dict]], output: str | Path, title: str) -> Path:
