@@ -51,7 +51,7 @@ def test_seven_bit_weights_keep_the_graph_and_fit_the_avx2_sums(tmp_path, per_ch
     fp32, int8 = _int8_graph(tmp_path, per_channel)
     assert max(np.abs(w.astype(int)).max() for w in _weights(int8)) == 127
     out = tmp_path / "int7.onnx"
-    assert requantize(int8, out) == {"weights": 2, "already": 0, "float": 0}
+    assert requantize(int8, out) == {"weights": 2, "already": 0, "float": 0, "per_token": 0}
     assert all(np.abs(w.astype(int)).max() <= SEVEN_BIT for w in _weights(out))
     x = np.random.default_rng(1).normal(size=(5, 16)).astype(np.float32)
     exact = _run(fp32, x)
@@ -59,7 +59,7 @@ def test_seven_bit_weights_keep_the_graph_and_fit_the_avx2_sums(tmp_path, per_ch
     assert err7 < 0.05 * np.abs(exact).max()  # a 7-bit step, not a broken scale
     # already in range: nothing to do, the same graph
     again = tmp_path / "again.onnx"
-    assert requantize(out, again) == {"weights": 0, "already": 2, "float": 0}
+    assert requantize(out, again) == {"weights": 0, "already": 2, "float": 0, "per_token": 0}
     np.testing.assert_array_equal(_run(again, x), _run(out, x))
 
 
@@ -69,7 +69,8 @@ def test_float_prefix_computes_those_nodes_in_float_on_their_8bit_weights(tmp_pa
 
     fp32, int8 = _int8_graph(tmp_path)
     out = tmp_path / "mixed.onnx"
-    assert requantize(int8, out, float_prefix="enc/") == {"weights": 1, "already": 0, "float": 1}
+    counts = requantize(int8, out, float_prefix="enc/")
+    assert counts == {"weights": 1, "already": 0, "float": 1, "per_token": 0}
     graph = onnx.load(str(out)).graph
     assert [n.op_type for n in graph.node if n.op_type in ("MatMulInteger", "MatMul")] == [
         "MatMul",
@@ -92,6 +93,63 @@ def test_float_prefix_computes_those_nodes_in_float_on_their_8bit_weights(tmp_pa
     several = tmp_path / "several.onnx"
     assert requantize(int8, several, float_prefix=["none/", "enc/"])["float"] == 1
     np.testing.assert_array_equal(_run(several, x), _run(out, x))
+
+
+def test_per_token_scores_each_row_as_it_would_alone(tmp_path):
+    """One scale per call lets one large row coarsen every other row's rounding; one per token
+    makes a row's result independent of the rows sent with it, and nearer the fp32 graph."""
+    import onnx
+    import onnxruntime as ort
+
+    fp32, int8 = _int8_graph(tmp_path)
+    out = tmp_path / "per_token.onnx"
+    counts = requantize(int8, out, per_token=True)
+    assert counts == {"weights": 2, "already": 0, "float": 0, "per_token": 2}
+    assert not any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(out)).graph.node)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(5, 16)).astype(np.float32)
+    batch = np.concatenate([x, 40 * rng.normal(size=(1, 16)).astype(np.float32)])
+    exact = _run(fp32, x)
+    alone = np.concatenate([_run(out, row[None]) for row in x])
+    # ONNX Runtime's fused kernels (all optimisations, as the runtime loads graphs) and the
+    # unfused graph agree: the per-row scale is applied to rows, not read as a per-column one
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(plain.run(None, {"x": x})[0], _run(out, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_run(out, batch)[:5], alone, rtol=1e-5, atol=1e-5)
+    per_call = _run(_seven_bit(int8, tmp_path), batch)[:5]
+    assert np.abs(per_call - exact).max() > 2 * np.abs(alone - exact).max()
+    assert np.abs(alone - exact).max() < 0.05 * np.abs(exact).max()
+    # with the float arithmetic of some nodes: the others still per token
+    mixed = tmp_path / "mixed.onnx"
+    assert requantize(int8, mixed, float_prefix="enc/", per_token=True)["per_token"] == 1
+    assert np.abs(_run(mixed, x) - exact).max() < 0.05 * np.abs(exact).max()
+    # nothing left to rewrite: a graph already per token is left as it is
+    again = tmp_path / "again.onnx"
+    assert requantize(out, again, per_token=True)["per_token"] == 0
+    np.testing.assert_array_equal(_run(again, batch), _run(out, batch))
+
+
+def _seven_bit(int8, tmp_path):
+    out = tmp_path / "seven.onnx"
+    requantize(int8, out)
+    return out
+
+
+def test_per_token_refuses_a_quantised_input_read_otherwise(tmp_path):
+    import onnx
+    from onnx import helper
+
+    _, int8 = _int8_graph(tmp_path)
+    m = onnx.load(str(int8))
+    quant = next(n for n in m.graph.node if n.op_type == "DynamicQuantizeLinear")
+    m.graph.node.append(helper.make_node("Identity", [quant.output[1]], ["peek"]))
+    m.graph.output.append(onnx.helper.make_tensor_value_info("peek", 1, None))
+    bad = tmp_path / "peek.onnx"
+    onnx.save(m, bad)
+    with pytest.raises(RerankerError, match="not read as dynamic int8 reads it"):
+        requantize(bad, tmp_path / "out.onnx", per_token=True)
 
 
 def test_float_prefix_refuses_an_integer_product_of_another_pattern(tmp_path):
@@ -131,6 +189,8 @@ def test_requantize_cli_errors_are_one_line(tmp_path, capsys):
     several = ["--float-prefix", "x/", "--float-prefix", "enc/"]
     assert main([str(int8), str(tmp_path / "g.onnx"), *several]) == 0
     assert "1 computed in float32" in capsys.readouterr().out
+    assert main([str(int8), str(tmp_path / "p.onnx"), "--per-token"]) == 0
+    assert "2 inputs quantised per token" in capsys.readouterr().out
     assert main([str(int8), str(tmp_path / "no" / "such" / "dir.onnx")]) == 1
     assert "cannot write" in capsys.readouterr().err
 

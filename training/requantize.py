@@ -25,7 +25,23 @@ session). Nor its per-pair ``[CLS]`` layer (``--float-prefix o. --float-prefix i
 o2. --float-prefix pool.``): −0.0021, and the default over it within noise of the shipped one
 on dev, a little below it on the held-out queries, ~3 ms slower (seventeenth session).
 
+``--per-token``: every activation is quantised with one scale per token (per row of the
+matrix product's input) instead of one per call. ``DynamicQuantizeLinear`` takes one scale for its
+whole input, so the widest token of any pair in a call sets every token's rounding and a pair's
+score moves with the pairs scored beside it (the shipped cross-encoder's FFN inputs in its first
+four layers span 6-8 times a typical token's range). Per token, each row ``x`` becomes
+``round(x * 127 / max|x|) + 128`` (uint8, symmetric, zero point 128: within the 7-bit weights'
+AVX2 bound) and each product's rows are multiplied by their own scale afterwards; the scales'
+product keeps a computed 1 for the activation, so that ONNX Runtime still fuses ``MatMulInteger``,
+``Cast`` and the weight's scale into ``MatMulIntegerToFloat`` (a constant 1 would be folded away;
+a per-row scale left inside the fused kernel is read per *column*). On the shipped cross-encoder
+(twenty-first session, ``training/REPORT.md``): a pair's score independent of the batch, half the
+order differences from float activations, rankings level on the held-out queries and a little
+up on dev, but ~15% more time per pair on an AVX2 CPU (six elementwise operations per input
+instead of one fused one): not shipped.
+
     python -m reranker.training.requantize SRC.onnx DST.onnx [--float-prefix PREFIX ...]
+        [--per-token]
 """
 
 from __future__ import annotations
@@ -60,12 +76,15 @@ def integer_weights(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def requantize(
-    src: str | Path, dst: str | Path, float_prefix: str | Sequence[str] | None = None
+    src: str | Path,
+    dst: str | Path,
+    float_prefix: str | Sequence[str] | None = None,
+    per_token: bool = False,
 ) -> dict[str, int]:
     """Write ``src`` with every 8-bit ``MatMulInteger`` weight in 7 bits to ``dst``; returns
     counts (``weights`` rewritten, ``already`` in range, ``float`` nodes made float32 arithmetic
     on their int8 weights: those whose names start with ``float_prefix``, one prefix or
-    several)."""
+    several; ``per_token`` activations given one scale per token, when asked)."""
     import onnx
     from onnx import numpy_helper
 
@@ -73,10 +92,12 @@ def requantize(
         model = onnx.load(str(src))
     except Exception as exc:  # a protobuf DecodeError, an OSError
         raise RerankerError(f"{src} is not an ONNX model ({type(exc).__name__})") from None
-    counts = {"weights": 0, "already": 0, "float": 0}
+    counts = {"weights": 0, "already": 0, "float": 0, "per_token": 0}
     if float_prefix:
         prefixes = (float_prefix,) if isinstance(float_prefix, str) else tuple(float_prefix)
         counts["float"] = _float_arithmetic(model, prefixes, src)
+    if per_token:
+        counts["per_token"] = _per_token_activations(model, src)
     inits = {i.name: i for i in model.graph.initializer}
     done: set[str] = set()
     for node in model.graph.node:
@@ -184,6 +205,92 @@ def _float_arithmetic(model, prefixes: tuple[str, ...], src: str | Path) -> int:
     return len(replace)
 
 
+def _per_token_activations(model, src: str | Path) -> int:
+    """Rewrite every ``DynamicQuantizeLinear`` (one scale per call) into quantisation with one
+    scale per row of its input, and each integer product it feeds into the same product whose
+    rows are then multiplied by their scale; returns how many inputs were rewritten."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    quants = [n for n in g.node if n.op_type == "DynamicQuantizeLinear"]
+    if not quants:
+        return 0
+    # Check the whole pattern before changing anything: each quantised input feeds only
+    # MatMulInteger (value and zero point), its scale only the scales' product, which feeds only
+    # the product's final Mul.
+    finals: dict[str, list] = {}
+    for n in quants:
+        q, scale, zero = n.output
+        if any(r.op_type != "MatMulInteger" for r in readers.get(q, []) + readers.get(zero, [])):
+            raise RerankerError(f"{src}: {n.name}'s output is read by more than integer products")
+        pairs = [(m, readers.get(m.output[0], [])) for m in readers.get(scale, [])]
+        if not pairs or any(
+            m.op_type != "Mul" or len(f) != 1 or f[0].op_type != "Mul" for m, f in pairs
+        ):
+            raise RerankerError(f"{src}: {n.name}'s scale is not read as dynamic int8 reads it")
+        finals[n.name] = [(m, f[0]) for m, f in pairs]
+    const = {
+        "per_token_127": np.float32(127.0),
+        "per_token_floor": np.float32(1e-12),  # a row of zeros keeps a finite scale
+        "per_token_unit": np.float32(1.0),
+        "per_token_zero": np.uint8(128),
+    }
+    g.initializer.extend(numpy_helper.from_array(np.array(v), k) for k, v in const.items())
+    one = "per_token_one"  # 1.0, computed: a constant would be folded into the weight's scale
+    before: dict[int, list] = {}
+    after_node: dict[int, list] = {}
+    for k, n in enumerate(quants):
+        x = n.input[0]
+        q, scale, zero = n.output
+        p = f"{n.name}_per_token"
+        nodes = [
+            helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
+            helper.make_node(
+                "ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[-1], keepdims=1, name=f"{p}_max"
+            ),
+            helper.make_node(
+                "Max", [f"{p}_max", "per_token_floor"], [f"{p}_peak"], name=f"{p}_peak"
+            ),
+            helper.make_node("Div", [f"{p}_peak", "per_token_127"], [scale], name=f"{p}_scale"),
+            helper.make_node("Div", [x, scale], [f"{p}_scaled"], name=f"{p}_scaled"),
+            helper.make_node(
+                "QuantizeLinear",
+                [f"{p}_scaled", "per_token_unit", "per_token_zero"],
+                [q],
+                name=f"{p}_quantize",
+            ),
+            helper.make_node("Identity", ["per_token_zero"], [zero], name=f"{p}_zero"),
+        ]
+        if k == 0:
+            nodes += [
+                helper.make_node(
+                    "ReduceMax", [f"{p}_peak"], [f"{p}_top"], keepdims=0, name=f"{p}_top"
+                ),
+                helper.make_node("Div", [f"{p}_top", f"{p}_top"], [one], name="per_token_one"),
+            ]
+        before[id(n)] = nodes
+        for scale_mul, final in finals[n.name]:
+            scale_mul.input[list(scale_mul.input).index(scale)] = one
+            out = final.output[0]
+            final.output[0] = f"{out}_per_token_rows"
+            after_node[id(final)] = [
+                helper.make_node(
+                    "Mul", [final.output[0], scale], [out], name=f"{final.name}_per_token"
+                )
+            ]
+    nodes = []
+    for n in g.node:
+        nodes += before.get(id(n), [n])
+        nodes += after_node.get(id(n), [])
+    del g.node[:]
+    g.node.extend(nodes)
+    return len(quants)
+
+
 def _check_scales_read_only_by_mul(model, weights: set[str]) -> None:
     """The rewritten scales must be read only where the dynamic-quantisation pattern reads them
     (a ``Mul`` with the activation's scale); anything else would now see a changed value."""
@@ -202,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument(
+        "--per-token",
+        action="store_true",
+        help="quantise every activation with one scale per token instead of one per call",
+    )
+    ap.add_argument(
         "--float-prefix",
         metavar="PREFIX",
         action="append",
@@ -213,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"requantize: {args.src} is not a file", file=sys.stderr)
         return 1
     try:
-        counts = requantize(args.src, args.dst, args.float_prefix)
+        counts = requantize(args.src, args.dst, args.float_prefix, args.per_token)
     except RerankerError as exc:
         print(f"requantize: {exc}", file=sys.stderr)
         return 1
@@ -221,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.dst}: {counts['weights']} weights requantised to 7 bits, "
         f"{counts['already']} already within ±{SEVEN_BIT}"
         + (f", {counts['float']} computed in float32" if args.float_prefix else "")
+        + (f", {counts['per_token']} inputs quantised per token" if args.per_token else "")
     )
     return 0
 
