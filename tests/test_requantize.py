@@ -138,18 +138,21 @@ def _seven_bit(int8, tmp_path):
 
 
 def test_per_token_refuses_a_quantised_input_read_otherwise(tmp_path):
+    """A graph that reads an activation's scale elsewhere too (here as an output) would see it
+    change; the rewrite refuses it and writes nothing."""
     import onnx
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     _, int8 = _int8_graph(tmp_path)
     m = onnx.load(str(int8))
     quant = next(n for n in m.graph.node if n.op_type == "DynamicQuantizeLinear")
     m.graph.node.append(helper.make_node("Identity", [quant.output[1]], ["peek"]))
-    m.graph.output.append(onnx.helper.make_tensor_value_info("peek", 1, None))
+    m.graph.output.append(helper.make_tensor_value_info("peek", TensorProto.FLOAT, None))
     bad = tmp_path / "peek.onnx"
     onnx.save(m, bad)
     with pytest.raises(RerankerError, match="not read as dynamic int8 reads it"):
         requantize(bad, tmp_path / "out.onnx", per_token=True)
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_float_prefix_refuses_an_integer_product_of_another_pattern(tmp_path):
