@@ -125,6 +125,13 @@ def test_per_token_scores_each_row_as_it_would_alone(tmp_path):
     mixed = tmp_path / "mixed.onnx"
     assert requantize(int8, mixed, float_prefix="enc/", per_token=True)["per_token"] == 1
     assert np.abs(_run(mixed, x) - exact).max() < 0.05 * np.abs(exact).max()
+    # a graph whose nodes are unnamed: each input still gets its own operations
+    unnamed = onnx.load(str(int8))
+    for node in unnamed.graph.node:
+        node.name = ""
+    onnx.save(unnamed, tmp_path / "unnamed.onnx")
+    requantize(tmp_path / "unnamed.onnx", tmp_path / "unnamed_pt.onnx", per_token=True)
+    np.testing.assert_allclose(_run(tmp_path / "unnamed_pt.onnx", x), _run(out, x), atol=1e-5)
     # nothing left to rewrite: a graph already per token is left as it is
     again = tmp_path / "again.onnx"
     assert requantize(out, again, per_token=True)["per_token"] == 0

@@ -222,7 +222,7 @@ def _per_token_activations(model, src: str | Path) -> int:
     # Check the whole pattern before changing anything: each quantised input feeds only
     # MatMulInteger (value and zero point), its scale only the scales' product, which feeds only
     # the product's final Mul.
-    finals: dict[str, list] = {}
+    finals: dict[int, list] = {}  # id of the quantisation -> (scales' product, final Mul)
     for n in quants:
         q, scale, zero = n.output
         if any(r.op_type != "MatMulInteger" for r in readers.get(q, []) + readers.get(zero, [])):
@@ -232,7 +232,7 @@ def _per_token_activations(model, src: str | Path) -> int:
             m.op_type != "Mul" or len(f) != 1 or f[0].op_type != "Mul" for m, f in pairs
         ):
             raise RerankerError(f"{src}: {n.name}'s scale is not read as dynamic int8 reads it")
-        finals[n.name] = [(m, f[0]) for m, f in pairs]
+        finals[id(n)] = [(m, f[0]) for m, f in pairs]
     const = {
         "per_token_127": np.float32(127.0),
         "per_token_floor": np.float32(1e-12),  # a row of zeros keeps a finite scale
@@ -246,7 +246,7 @@ def _per_token_activations(model, src: str | Path) -> int:
     for k, n in enumerate(quants):
         x = n.input[0]
         q, scale, zero = n.output
-        p = f"{n.name}_per_token"
+        p = f"per_token_{k}"  # unique even where nodes are unnamed
         nodes = [
             helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_abs"),
             helper.make_node(
@@ -273,14 +273,12 @@ def _per_token_activations(model, src: str | Path) -> int:
                 helper.make_node("Div", [f"{p}_top", f"{p}_top"], [one], name="per_token_one"),
             ]
         before[id(n)] = nodes
-        for scale_mul, final in finals[n.name]:
+        for scale_mul, final in finals[id(n)]:
             scale_mul.input[list(scale_mul.input).index(scale)] = one
             out = final.output[0]
             final.output[0] = f"{out}_per_token_rows"
             after_node[id(final)] = [
-                helper.make_node(
-                    "Mul", [final.output[0], scale], [out], name=f"{final.name}_per_token"
-                )
+                helper.make_node("Mul", [final.output[0], scale], [out], name=f"{p}_rows_{out}")
             ]
     nodes = []
     for n in g.node:
