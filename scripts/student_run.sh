@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Students on the full-scale teacher's committed scores (issue 15): no teacher needed, only
-# training/results/teacher/. Every step is skipped when its output exists: rerun after a kill.
+# training/results/teacher/. Every step is skipped when its output exists, and a student killed
+# mid-way resumes from its checkpoint: rerun after a kill.
 #   nohup bash scripts/student_run.sh > student_run.log 2>&1 &
 #
 # PHASE=shipped  the candidates for the two shipped profiles, trained on all of train's scores

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 from reranker.cli import main
@@ -608,6 +609,74 @@ def test_distill_reads_every_augmented_pair_unless_told_and_the_control_takes_la
     assert len(targets) == t.num_rows and min(targets) >= 0 and max(targets) <= 1
     with pytest.raises(RerankerError, match="no --augmented"):
         label_groups(DistillArgs(**{**control.__dict__, "augmented": str(tmp_path / "s.parquet")}))
+
+
+@pytest.mark.parametrize("arch", ["cross", "late"])
+def test_distill_killed_and_run_again_resumes_to_the_weights_of_an_unbroken_run(
+    splits, catalog_csv, tiny_hf_model, tmp_path, monkeypatch, arch
+):
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from reranker.training import distill as d
+
+    train, _ = splits
+    t = pq.read_table(train)
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(t.append_column("score", pa.array(np.linspace(-2, 2, t.num_rows))), scores)
+    base = d.DistillArgs(
+        labelled=str(scores),
+        catalog=str(catalog_csv),
+        output=str(tmp_path / "unbroken"),
+        student=str(tiny_hf_model),
+        arch=arch,
+        max_length=32,
+        list_size=4,
+        batch_pairs=4,  # one list a step: 4 steps an epoch
+        epochs=2,
+        lr=1e-3,
+        threads=1,
+        checkpoint_minutes=None,
+    )
+    unbroken = d.distill(base)
+    assert not (unbroken / d.CHECKPOINT).exists()
+
+    real_save = d._save_checkpoint
+
+    def save_then_die(out, state):
+        real_save(out, state)
+        if state["step"] == 3:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 3, dropout in use
+
+    monkeypatch.setattr(d, "_save_checkpoint", save_then_die)
+    args = replace(base, output=str(tmp_path / "killed"), checkpoint_minutes=0.0)
+    with pytest.raises(KeyboardInterrupt):
+        d.distill(args)
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == [d.CHECKPOINT]
+    with pytest.raises(RerankerError, match=r"other settings \(lr\).*--overwrite"):
+        d.distill(replace(args, lr=1e-2))  # another run's checkpoint is never continued
+    saved_at: list[int] = []
+
+    def record(out, state):
+        saved_at.append(state["step"])
+        real_save(out, state)
+
+    monkeypatch.setattr(d, "_save_checkpoint", record)
+    resumed = d.distill(args)
+    assert saved_at == [4, 5, 6, 7]  # steps 1-3 were not run again; none after the last
+    assert not (resumed / d.CHECKPOINT).exists()
+    a, b = load_file(unbroken / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    meta = [json.loads((o / "distill_args.json").read_text()) for o in (unbroken, resumed)]
+    assert meta[0]["steps"] == meta[1]["steps"] == 8
+    assert meta[0]["pairs_seen"] == meta[1]["pairs_seen"]
+    assert meta[0]["final_loss_last100"] == meta[1]["final_loss_last100"]
+    with pytest.raises(RerankerError, match="not empty"):
+        d.distill(args)  # finished: a rerun does not train again over it
+    saved_at.clear()
+    d.distill(replace(args, overwrite=True))  # --overwrite: from the first step
+    assert saved_at == [1, 2, 3, 4, 5, 6, 7]
 
 
 def test_label_weight_mixes_judged_labels_on_the_teachers_scale_and_leaves_augmented_pairs(

@@ -361,6 +361,14 @@ def label_cmd(
 )
 @click.option("--seed", default=13, show_default=True)
 @click.option("--threads", type=int)
+@click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(0),
+    default=10.0,
+    show_default=True,
+    help="Resumable checkpoint interval (OUTPUT/checkpoint.pt); the same command run again "
+    "(without --overwrite, which starts again) resumes from it.",
+)
 @precision_option
 @overwrite_option
 def distill_cmd(
@@ -384,10 +392,13 @@ def distill_cmd(
     label_weight,
     seed,
     threads,
+    checkpoint_minutes,
     precision,
     overwrite,
 ):
-    """Train a student cross-encoder on the teacher's margins (margin-MSE)."""
+    """Train a student cross-encoder on the teacher's margins (margin-MSE).
+
+    Resumable: run the same command again after a kill."""
     from reranker.training.distill import DistillArgs, distill
 
     out = distill(
@@ -414,6 +425,7 @@ def distill_cmd(
             threads=threads,
             precision=precision,
             overwrite=overwrite,
+            checkpoint_minutes=checkpoint_minutes,
         )
     )
     click.echo(f"student written to {out}")

