@@ -656,6 +656,12 @@ def test_distill_killed_and_run_again_resumes_to_the_weights_of_an_unbroken_run(
     assert [p.name for p in (tmp_path / "killed").iterdir()] == [d.CHECKPOINT]
     with pytest.raises(RerankerError, match=r"other settings \(lr\).*--overwrite"):
         d.distill(replace(args, lr=1e-2))  # another run's checkpoint is never continued
+    original = pq.read_table(scores)
+    other = pa.array(np.linspace(-3, 3, t.num_rows))
+    pq.write_table(original.set_column(t.num_columns, "score", other), scores)
+    with pytest.raises(RerankerError, match="other training pairs or scores"):
+        d.distill(args)  # nor on other scores under the same file name
+    pq.write_table(original, scores)
     saved_at: list[int] = []
 
     def record(out, state):

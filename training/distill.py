@@ -32,6 +32,7 @@ steps as one never stopped, and on the same thread count ends with the same weig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -237,6 +238,12 @@ def distill(args: DistillArgs) -> Path:
     rng = np.random.default_rng(args.seed)
     label_scale: dict[str, float] = {}
     groups = training_groups(args, rng, label_scale)
+    data = _digest(groups)
+    if resume is not None and resume.get("data", data) != data:
+        raise RerankerError(
+            f"{out / CHECKPOINT} was written on other training pairs or scores than these files "
+            "hold now: restore them to resume, or pass --overwrite to start again"
+        )
     texts = catalog_texts(args.catalog, args.fields)
     missing = {p for cands in groups.values() for p, _ in cands if p not in texts}
     if missing:
@@ -325,6 +332,7 @@ def distill(args: DistillArgs) -> Path:
                 out,
                 {
                     "args": _resume_key(args, precision),
+                    "data": data,
                     "total_steps": total,
                     "step": step,
                     "model": trained.state_dict(),
@@ -359,6 +367,18 @@ def distill(args: DistillArgs) -> Path:
     (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
+
+
+def _digest(groups: dict[str, list[tuple[str, float]]]) -> str:
+    """A fingerprint of the training pairs and their targets, so that a checkpoint is never
+    continued on other data under the same file names."""
+    h = hashlib.sha256()
+    for q, cands in groups.items():
+        h.update(q.encode())
+        for p, s in cands:
+            h.update(f"\t{p}\t{s!r}".encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 def _resume_key(args: DistillArgs, precision: str) -> dict:
