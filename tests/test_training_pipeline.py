@@ -684,6 +684,26 @@ def test_distill_killed_and_run_again_resumes_to_the_weights_of_an_unbroken_run(
     d.distill(replace(args, overwrite=True))  # --overwrite: from the first step
     assert saved_at == [1, 2, 3, 4, 5, 6, 7]
 
+    # SIGTERM (a machine going away) or Ctrl-C: the step ends, a checkpoint, the run stops
+    stopped = replace(args, output=str(tmp_path / "stopped"), checkpoint_minutes=60.0)
+    real_pairs, calls = d._batch_pairs, []
+
+    def terminated_in_step_3(a, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_pairs(a, batch)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(d, "_batch_pairs", terminated_in_step_3)
+    saved_at.clear()
+    with pytest.raises(d.TrainingStopped, match="step 3 of 8.*run the same command"):
+        d.distill(stopped)
+    assert saved_at == [3] and signal.getsignal(signal.SIGTERM) == handler
+    monkeypatch.setattr(d, "_batch_pairs", real_pairs)
+    b = load_file(d.distill(stopped) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
 
 def test_label_weight_mixes_judged_labels_on_the_teachers_scale_and_leaves_augmented_pairs(
     splits, tmp_path

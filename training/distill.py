@@ -27,7 +27,9 @@ teacher's scale) wherever a label exists.
 Training is resumable: every ``checkpoint_minutes`` the weights, optimizer, schedule, step and
 random state go to ``OUTPUT/checkpoint.pt``, and the same command run again continues from
 there (the batches are drawn from the seed before the first step, so a resumed run takes the same
-steps as one never stopped, and on the same thread count ends with the same weights).
+steps as one never stopped, and on the same thread count ends with the same weights). SIGTERM or
+Ctrl-C stops a run after its current step and a checkpoint (:class:`TrainingStopped`); a second
+one stops it at once.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,6 +63,11 @@ ARCHITECTURES = ("cross", "late")
 CHECKPOINT = "checkpoint.pt"
 #: settings a resumed run may change: they do not change which steps are taken
 RESUME_FREE = ("threads", "overwrite", "checkpoint_minutes")
+
+
+class TrainingStopped(RerankerError):
+    """A run stopped by SIGTERM or Ctrl-C once its checkpoint was written: run it again to
+    resume."""
 
 
 def default_student() -> str:
@@ -311,40 +321,47 @@ def distill(args: DistillArgs) -> Path:
         total=total, initial=step, desc=f"distill ({args.arch}, {args.loss}, {precision})",
         unit="batch",
     )  # fmt: skip
-    for batch in [b for batches in epochs for b in batches][step:]:
-        with autocast(precision):
-            loss = _batch_loss(args, loss_fn, texts, batch)
-        pairs_seen += _batch_pairs(args, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-        due = args.checkpoint_minutes is not None and (
-            time.monotonic() - last_save >= args.checkpoint_minutes * 60
-        )
-        if due and step < total:
-            _save_checkpoint(
-                out,
-                {
-                    "args": _resume_key(args, precision),
-                    "data": data,
-                    "total_steps": total,
-                    "step": step,
-                    "model": trained.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "losses": losses,
-                    "pairs_seen": pairs_seen,
-                    "train_seconds": seconds_before + time.perf_counter() - start,
-                },
+    with _stop_requests(args.checkpoint_minutes is not None) as stop:
+        for batch in [b for batches in epochs for b in batches][step:]:
+            with autocast(precision):
+                loss = _batch_loss(args, loss_fn, texts, batch)
+            pairs_seen += _batch_pairs(args, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+            due = args.checkpoint_minutes is not None and (
+                time.monotonic() - last_save >= args.checkpoint_minutes * 60
             )
-            last_save = time.monotonic()
+            if (due or stop) and step < total:
+                _save_checkpoint(
+                    out,
+                    {
+                        "args": _resume_key(args, precision),
+                        "data": data,
+                        "total_steps": total,
+                        "step": step,
+                        "model": trained.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "losses": losses,
+                        "pairs_seen": pairs_seen,
+                        "train_seconds": seconds_before + time.perf_counter() - start,
+                    },
+                )
+                last_save = time.monotonic()
+                if stop:
+                    bar.close()
+                    raise TrainingStopped(
+                        f"stopped at step {step} of {total}; {out / CHECKPOINT} is written: "
+                        "run the same command to resume"
+                    )
     bar.close()
     out.mkdir(parents=True, exist_ok=True)
     if args.arch == "late":
@@ -367,6 +384,32 @@ def distill(args: DistillArgs) -> Path:
     (out / "distill_args.json").write_text(json.dumps(meta, indent=2))
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
+
+
+@contextmanager
+def _stop_requests(enabled: bool):
+    """A list that SIGTERM or Ctrl-C makes non-empty while the block runs (where checkpoints
+    are written and this is the main thread); a second signal interrupts at once."""
+    requested: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        print(
+            "\nstopping after this step, once its checkpoint is written (again to stop now)",
+            file=sys.stderr,
+        )
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
 
 
 def _digest(groups: dict[str, list[tuple[str, float]]]) -> str:
