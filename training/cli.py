@@ -398,7 +398,8 @@ def distill_cmd(
 ):
     """Train a student cross-encoder on the teacher's margins (margin-MSE).
 
-    Resumable: run the same command again after a kill."""
+    Resumable: run the same command again after a kill. SIGTERM or Ctrl-C stops it after the
+    current step with a checkpoint written (twice: at once)."""
     from reranker.training.distill import DistillArgs, distill
 
     out = distill(
