@@ -249,7 +249,7 @@ def distill(args: DistillArgs) -> Path:
     label_scale: dict[str, float] = {}
     groups = training_groups(args, rng, label_scale)
     data = _digest(groups)
-    if resume is not None and resume.get("data", data) != data:
+    if resume is not None and resume["data"] != data:
         raise RerankerError(
             f"{out / CHECKPOINT} was written on other training pairs or scores than these files "
             "hold now: restore them to resume, or pass --overwrite to start again"
