@@ -705,6 +705,21 @@ def test_distill_killed_and_run_again_resumes_to_the_weights_of_an_unbroken_run(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_that_cannot_be_continued_is_refused_in_one_line_and_kept(tmp_path):
+    from reranker.training import distill as d
+
+    out = tmp_path / "student"
+    out.mkdir()
+    args = d.DistillArgs(labelled="s.parquet", catalog="c.csv", output=str(out))
+    torch.save({"args": d._resume_key(args, "fp32"), "step": 3}, out / d.CHECKPOINT)
+    with pytest.raises(RerankerError, match=r"lacks data, .*another version.*--overwrite"):
+        d._checkpoint_to_resume(args, out, "fp32")
+    (out / d.CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(RerankerError, match="cannot be read as a checkpoint.*--overwrite"):
+        d._checkpoint_to_resume(args, out, "fp32")
+    assert (out / d.CHECKPOINT).read_bytes() == b"not a checkpoint"
+
+
 def test_label_weight_mixes_judged_labels_on_the_teachers_scale_and_leaves_augmented_pairs(
     splits, tmp_path
 ):

@@ -63,6 +63,11 @@ ARCHITECTURES = ("cross", "late")
 CHECKPOINT = "checkpoint.pt"
 #: settings a resumed run may change: they do not change which steps are taken
 RESUME_FREE = ("threads", "overwrite", "checkpoint_minutes")
+#: what a checkpoint holds (one without any of them is not continued)
+CHECKPOINT_KEYS = frozenset(
+    ("args", "data", "total_steps", "step", "model", "optimizer", "scheduler", "torch_rng",
+     "losses", "pairs_seen", "train_seconds")
+)  # fmt: skip
 
 
 class TrainingStopped(RerankerError):
@@ -445,7 +450,19 @@ def _checkpoint_to_resume(args: DistillArgs, out: Path, precision: str) -> dict 
         raise RerankerError(f"{out} exists and is not empty; pass --overwrite to replace it")
     if not (out / CHECKPOINT).exists():
         return None
-    state = torch.load(out / CHECKPOINT, weights_only=True)
+    try:
+        state = torch.load(out / CHECKPOINT, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+        raise RerankerError(
+            f"{out / CHECKPOINT} cannot be read as a checkpoint ({type(e).__name__}); "
+            "pass --overwrite to start again"
+        ) from e
+    missing = sorted(CHECKPOINT_KEYS - state.keys()) if isinstance(state, dict) else ["all"]
+    if missing:
+        raise RerankerError(
+            f"{out / CHECKPOINT} lacks {', '.join(missing)} (written by another version of "
+            "reranker distill); pass --overwrite to start again"
+        )
     now = _resume_key(args, precision)
     differ = sorted(
         k for k in now.keys() | state["args"].keys() if now.get(k) != state["args"].get(k)
