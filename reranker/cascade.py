@@ -103,6 +103,25 @@ class CascadeConfig:
         return cfg
 
 
+def split_best(first_raw: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the first stage's best ``k`` (rescored) and of the rest, each in its order."""
+    order = np.argsort(-first_raw, kind="stable")
+    return order[:k], order[k:]
+
+
+def place_rescored(
+    first_raw: np.ndarray, head: np.ndarray, rest: np.ndarray, rescored: np.ndarray
+) -> np.ndarray:
+    """Every candidate's raw score in the cascade's order: the rescored ``head`` keep
+    ``rescored``; the ``rest`` go below every one of them, in the first stage's order."""
+    raw = np.empty(len(first_raw), dtype=np.float32)
+    raw[head] = rescored
+    if len(rest):
+        tail = first_raw[rest].astype(np.float64)
+        raw[rest] = float(rescored.min()) - 1.0 - (tail.max() - tail)
+    return raw
+
+
 def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -281,21 +300,16 @@ class CascadeReranker:
         if k2 == 0:
             self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": 0.0}
             return first
-        order = np.argsort(-first.raw, kind="stable")
-        head, rest = order[:k2], order[k2:]
+        head, rest = split_best(first.raw, k2)
         second = self.second.score(query, [texts[i] for i in head])
-        raw = np.empty(n, dtype=np.float32)
-        probability = np.empty(n, dtype=np.float32)
         blend = second.raw
         if self.first_weight:
             blend = second.raw + self.first_weight * first.raw[head]
-        raw[head] = blend
+        raw = place_rescored(first.raw, head, rest, blend)
+        probability = np.empty(n, dtype=np.float32)
         calibrated = bool(self.cascade.calibration)
         probability[head] = self._activate(blend) if calibrated else second.probability
-        if len(rest):  # below every rescored one, in the first stage's order
-            tail = first.raw[rest].astype(np.float64)
-            raw[rest] = float(blend.min()) - 1.0 - (tail.max() - tail)
-            probability[rest] = first.probability[rest]
+        probability[rest] = first.probability[rest]
         t2 = time.perf_counter()
         self.last_timings = {"first_ms": (t1 - t0) * 1e3, "second_ms": (t2 - t1) * 1e3}
         return Scores(raw, probability)

