@@ -15,7 +15,9 @@
 #   e.g. bash scripts/second_stage_candidate.sh /work/kd-artifacts/st/cross-f64-a150k-kl-s13 s22-kl
 #
 # INDEX must hold the shipped late student's product states (the demo's index does:
-# `reranker index products.parquet --index-dir INDEX`, ~20 min on 2 cores).
+# `reranker index products.parquet --index-dir INDEX`, ~20 min on 2 cores), built by this version:
+# an older index is read as it is and ranks otherwise end to end. The shipped profiles' end-to-end
+# figures are kept per index generation; a candidate's own are kept per TAG (a new index, a new TAG).
 set -euo pipefail
 { # read whole before it runs
 cd "$(dirname "$0")/.."
@@ -85,15 +87,20 @@ evaluate() {
   [ -f "$result" ] || into "$result" reranker eval --judged "$judged" --index-dir "$INDEX" \
     --model "$model" --variant int8 "${e2e[@]}" --per-query "$dir/pq_$name-$set.parquet" --json
 }
+# The shipped profiles' figures are kept for the next candidate; end to end they hold only for the
+# index they were measured on (an index built before a first-stage change ranks otherwise), so
+# those are kept per index generation.
+ref=$REF
+[ "$E2E" = 1 ] && ref=$REF/$(cat "$INDEX/CURRENT") && mkdir -p "$ref"
 for set in holdout dev; do
   judged=$HELD_OUT; [ $set = dev ] && judged=$DATA/dev.parquet
   suffix=$set; [ "$E2E" = 1 ] && suffix=$set-e2e
   for profile in cross default accurate; do
     step "$profile on $set (E2E=$E2E)"
-    evaluate "$profile" "$MODELS/$profile" "$suffix" "$judged" "$REF" "$REF/eval_$profile-$suffix.json"
+    evaluate "$profile" "$MODELS/$profile" "$suffix" "$judged" "$ref" "$ref/eval_$profile-$suffix.json"
     evaluate "$profile" "$W/$profile" "$suffix" "$judged" "$W" "$OUTDIR/eval_$TAG-$profile-$suffix.json"
     [ -f "$OUTDIR/paired_$TAG-$profile-$suffix.json" ] || python -m reranker.training.paired \
-      "$W/pq_$profile-$suffix.parquet" "$REF/pq_$profile-$suffix.parquet" \
+      "$W/pq_$profile-$suffix.parquet" "$ref/pq_$profile-$suffix.parquet" \
       --json "$OUTDIR/paired_$TAG-$profile-$suffix.json"
   done
 done
